@@ -1,0 +1,341 @@
+//! A small typed ONNX graph builder: ops take value handles and return value handles; scopes give
+//! every node and parameter a dotted name that follows the module tree (`h.3.attn.q_proj.weight`).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::onnx::{
+    AttributeProto, AttributeType, DataType, Dim, GraphProto, NodeProto, TensorProto,
+    ValueInfoProto,
+};
+use crate::weights::{Init, WeightSource};
+use crate::Result;
+
+/// A handle to a value in the graph under construction: cheap to copy, never a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Value(usize);
+
+/// One ONNX attribute, typed.
+#[derive(Clone, Debug)]
+pub enum Attr {
+    Int(i64),
+    Float(f32),
+    Ints(Vec<i64>),
+    Str(&'static str),
+}
+
+impl Attr {
+    fn into_proto(self, name: &str) -> AttributeProto {
+        let mut a = AttributeProto {
+            name: name.to_string(),
+            ..Default::default()
+        };
+        match self {
+            Attr::Int(i) => (a.r#type, a.i) = (AttributeType::Int as i32, i),
+            Attr::Float(f) => (a.r#type, a.f) = (AttributeType::Float as i32, f),
+            Attr::Ints(v) => (a.r#type, a.ints) = (AttributeType::Ints as i32, v),
+            Attr::Str(s) => (a.r#type, a.s) = (AttributeType::String as i32, s.as_bytes().to_vec()),
+        }
+        a
+    }
+}
+
+/// Constant data small enough to live beside the graph's logic (shapes, axes, scalars).
+#[derive(Clone, Debug, PartialEq)]
+enum ConstData {
+    I64(Vec<i64>),
+    F32(Vec<f32>),
+}
+
+pub struct GraphBuilder<'w> {
+    weights: &'w mut dyn WeightSource,
+    value_names: Vec<String>,
+    taken: HashSet<String>,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    params: HashMap<String, Value>,
+    consts: Vec<(ConstData, Vec<i64>, Value)>,
+    inputs: Vec<ValueInfoProto>,
+    outputs: Vec<ValueInfoProto>,
+}
+
+impl<'w> GraphBuilder<'w> {
+    /// A builder whose parameters take their values from `weights`.
+    pub fn new(weights: &'w mut dyn WeightSource) -> GraphBuilder<'w> {
+        GraphBuilder {
+            weights,
+            value_names: Vec::new(),
+            taken: HashSet::new(),
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            params: HashMap::new(),
+            consts: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    /// The root scope: names start at the top of the module tree.
+    pub fn root(&mut self) -> Scope<'_, 'w> {
+        Scope {
+            graph: self,
+            prefix: String::new(),
+        }
+    }
+
+    pub fn input(&mut self, name: &str, elem_type: DataType, dims: &[Dim]) -> Value {
+        let value = self.new_value(name.to_string());
+        self.inputs.push(ValueInfoProto::tensor(
+            &self.value_names[value.0],
+            elem_type,
+            dims,
+        ));
+        value
+    }
+
+    /// Declares `value` a graph output under `name`, renaming the value so no Identity is needed.
+    pub fn output(&mut self, value: Value, name: &str, elem_type: DataType, dims: &[Dim]) {
+        let old = std::mem::replace(&mut self.value_names[value.0], name.to_string());
+        self.taken.insert(name.to_string());
+        for node in &mut self.nodes {
+            for slot in node.input.iter_mut().chain(node.output.iter_mut()) {
+                if *slot == old {
+                    *slot = name.to_string();
+                }
+            }
+        }
+        self.outputs
+            .push(ValueInfoProto::tensor(name, elem_type, dims));
+    }
+
+    pub fn finish(self, name: &str) -> GraphProto {
+        GraphProto {
+            node: self.nodes,
+            name: name.to_string(),
+            initializer: self.initializers,
+            input: self.inputs,
+            output: self.outputs,
+            ..Default::default()
+        }
+    }
+
+    fn unique_name(&mut self, base: String) -> String {
+        let mut name = base.clone();
+        let mut n = 1;
+        while self.taken.contains(&name) {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
+        self.taken.insert(name.clone());
+        name
+    }
+
+    fn new_value(&mut self, base: String) -> Value {
+        let name = self.unique_name(base);
+        self.value_names.push(name);
+        Value(self.value_names.len() - 1)
+    }
+
+    fn constant(&mut self, data: ConstData, dims: Vec<i64>) -> Value {
+        if let Some((_, _, v)) = self
+            .consts
+            .iter()
+            .find(|(d, s, _)| *d == data && *s == dims)
+        {
+            return *v;
+        }
+        let value = self.new_value(format!("const.{}", self.consts.len()));
+        let name = self.value_names[value.0].clone();
+        let tensor = match &data {
+            ConstData::I64(v) => TensorProto {
+                name,
+                dims: dims.clone(),
+                data_type: DataType::Int64 as i32,
+                int64_data: v.clone(),
+                ..Default::default()
+            },
+            ConstData::F32(v) => TensorProto {
+                name,
+                dims: dims.clone(),
+                data_type: DataType::Float as i32,
+                float_data: v.clone(),
+                ..Default::default()
+            },
+        };
+        self.initializers.push(tensor);
+        self.consts.push((data, dims, value));
+        value
+    }
+}
+
+/// A place in the module tree; ops and parameters created through it are named under its prefix.
+pub struct Scope<'g, 'w> {
+    graph: &'g mut GraphBuilder<'w>,
+    prefix: String,
+}
+
+impl<'w> Scope<'_, 'w> {
+    /// A child scope, as `vb.pp("attn")` in candle: `h.3` -> `h.3.attn`.
+    pub fn pp(&mut self, name: impl std::fmt::Display) -> Scope<'_, 'w> {
+        Scope {
+            prefix: self.qualify(&name.to_string()),
+            graph: self.graph,
+        }
+    }
+
+    fn qualify(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// A trained or initialized tensor named under this scope, from the builder's weights.
+    pub fn param(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Value> {
+        let full = self.qualify(name);
+        if let Some(v) = self.graph.params.get(&full) {
+            return Ok(*v);
+        }
+        let data = self.graph.weights.tensor(&full, shape, init)?;
+        let value = self.graph.new_value(full.clone());
+        self.graph.initializers.push(TensorProto {
+            name: full.clone(),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float as i32,
+            // Moved, not copied: packed `float_data` is the same little-endian bytes as `raw_data`.
+            float_data: data,
+            ..Default::default()
+        });
+        self.graph.params.insert(full, value);
+        Ok(value)
+    }
+
+    /// A named boolean table stored in the file (not a parameter: no weight source is asked).
+    pub fn const_bool(&mut self, name: &str, shape: &[usize], values: &[bool]) -> Value {
+        let full = self.qualify(name);
+        let value = self.graph.new_value(full.clone());
+        self.graph.initializers.push(TensorProto {
+            name: full,
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Bool as i32,
+            raw_data: values.iter().map(|&b| b as u8).collect(),
+            ..Default::default()
+        });
+        value
+    }
+
+    pub fn const_i64(&mut self, values: &[i64]) -> Value {
+        self.graph
+            .constant(ConstData::I64(values.to_vec()), vec![values.len() as i64])
+    }
+
+    pub fn scalar_i64(&mut self, value: i64) -> Value {
+        self.graph.constant(ConstData::I64(vec![value]), vec![])
+    }
+
+    pub fn scalar_f32(&mut self, value: f32) -> Value {
+        self.graph.constant(ConstData::F32(vec![value]), vec![])
+    }
+
+    /// Adds one node with a single output, named after the scope and the op.
+    pub fn op(&mut self, op_type: &str, inputs: &[Value], attrs: Vec<(&str, Attr)>) -> Value {
+        let output = self.graph.new_value(self.qualify(op_type));
+        let name = self.graph.value_names[output.0].clone();
+        self.graph.nodes.push(NodeProto {
+            input: inputs
+                .iter()
+                .map(|v| self.graph.value_names[v.0].clone())
+                .collect(),
+            output: vec![name.clone()],
+            name,
+            op_type: op_type.to_string(),
+            attribute: attrs.into_iter().map(|(n, a)| a.into_proto(n)).collect(),
+            ..Default::default()
+        });
+        output
+    }
+
+    pub fn add(&mut self, a: Value, b: Value) -> Value {
+        self.op("Add", &[a, b], vec![])
+    }
+
+    pub fn sub(&mut self, a: Value, b: Value) -> Value {
+        self.op("Sub", &[a, b], vec![])
+    }
+
+    pub fn mul(&mut self, a: Value, b: Value) -> Value {
+        self.op("Mul", &[a, b], vec![])
+    }
+
+    pub fn pow(&mut self, a: Value, b: Value) -> Value {
+        self.op("Pow", &[a, b], vec![])
+    }
+
+    pub fn tanh(&mut self, x: Value) -> Value {
+        self.op("Tanh", &[x], vec![])
+    }
+
+    pub fn matmul(&mut self, a: Value, b: Value) -> Value {
+        self.op("MatMul", &[a, b], vec![])
+    }
+
+    pub fn gather(&mut self, data: Value, indices: Value) -> Value {
+        self.gather_axis(data, indices, 0)
+    }
+
+    pub fn gather_axis(&mut self, data: Value, indices: Value, axis: i64) -> Value {
+        self.op("Gather", &[data, indices], vec![("axis", Attr::Int(axis))])
+    }
+
+    pub fn transpose(&mut self, x: Value, perm: &[i64]) -> Value {
+        self.op("Transpose", &[x], vec![("perm", Attr::Ints(perm.to_vec()))])
+    }
+
+    /// Reshape to a constant target; 0 copies the input's dim, as ONNX defines.
+    pub fn reshape(&mut self, x: Value, shape: &[i64]) -> Value {
+        let shape = self.const_i64(shape);
+        self.op("Reshape", &[x, shape], vec![])
+    }
+
+    pub fn unsqueeze(&mut self, x: Value, axes: &[i64]) -> Value {
+        let axes = self.const_i64(axes);
+        self.op("Unsqueeze", &[x, axes], vec![])
+    }
+
+    pub fn squeeze(&mut self, x: Value, axes: &[i64]) -> Value {
+        let axes = self.const_i64(axes);
+        self.op("Squeeze", &[x, axes], vec![])
+    }
+
+    /// One dimension of `x`'s shape as an int64 scalar.
+    pub fn dim(&mut self, x: Value, axis: i64) -> Value {
+        let dims = self.op(
+            "Shape",
+            &[x],
+            vec![("start", Attr::Int(axis)), ("end", Attr::Int(axis + 1))],
+        );
+        self.squeeze(dims, &[0])
+    }
+
+    /// `[start, limit)` as int64, step 1.
+    pub fn range(&mut self, start: Value, limit: Value) -> Value {
+        let one = self.scalar_i64(1);
+        self.op("Range", &[start, limit, one], vec![])
+    }
+
+    pub fn where_(&mut self, condition: Value, if_true: Value, if_false: Value) -> Value {
+        self.op("Where", &[condition, if_true, if_false], vec![])
+    }
+
+    pub fn softmax_last_axis(&mut self, x: Value) -> Value {
+        self.op("Softmax", &[x], vec![("axis", Attr::Int(-1))])
+    }
+
+    pub fn layer_normalization(&mut self, x: Value, scale: Value, shift: Value, eps: f32) -> Value {
+        self.op(
+            "LayerNormalization",
+            &[x, scale, shift],
+            vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
+        )
+    }
+}

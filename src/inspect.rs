@@ -1,0 +1,141 @@
+//! Human-readable reports: the book's parameter accounting, and what an ONNX file holds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use gptc_graph::onnx::{DataType, Dim, ModelProto, ValueInfoProto};
+use gptc_graph::{GptConfig, ParameterCount};
+
+/// `1234567` -> `1,234,567`
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn parameter_table(config: &GptConfig) -> String {
+    let c = ParameterCount::of(config);
+    let mut rows: Vec<(String, String)> = vec![
+        ("token embedding (wte)".into(), thousands(c.token_embedding)),
+        (
+            "position embedding (wpe)".into(),
+            thousands(c.position_embedding),
+        ),
+        (format!("per block (x{})", c.n_blocks), String::new()),
+        ("  attention".into(), thousands(c.per_block_attention)),
+        ("  feed-forward".into(), thousands(c.per_block_feed_forward)),
+        ("  layer norms".into(), thousands(c.per_block_norms)),
+        ("  block total".into(), thousands(c.per_block())),
+        (
+            format!("all {} blocks", c.n_blocks),
+            thousands(c.n_blocks * c.per_block()),
+        ),
+        ("final norm (ln_f)".into(), thousands(c.final_norm)),
+        ("output head (lm_head)".into(), thousands(c.output_head)),
+        ("total".into(), thousands(c.total())),
+        ("total with weight tying".into(), thousands(c.total_tied())),
+        (
+            "size in float32".into(),
+            format!("{:.2} MB", c.megabytes_f32()),
+        ),
+    ];
+    rows.insert(0, ("part".into(), "parameters".into()));
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let value_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (label, value) in rows {
+        let _ = writeln!(out, "{label:<width$}  {value:>value_width$}");
+    }
+    out
+}
+
+fn signature(v: &ValueInfoProto) -> String {
+    match v.tensor_signature() {
+        Some((dtype, dims)) => {
+            let dims: Vec<String> = dims
+                .iter()
+                .map(|d| d.as_ref().map_or("?".to_string(), Dim::to_string))
+                .collect();
+            format!("{} {} [{}]", v.name, dtype.onnx_name(), dims.join(", "))
+        }
+        None => format!("{} (not a tensor)", v.name),
+    }
+}
+
+/// Opset, inputs and outputs with their dims, node counts by op type, stored parameters.
+pub fn file_report(model: &ModelProto) -> String {
+    let mut out = String::new();
+    for opset in &model.opset_import {
+        let domain = if opset.domain.is_empty() {
+            "ai.onnx"
+        } else {
+            &opset.domain
+        };
+        let _ = writeln!(out, "opset {domain} {}", opset.version);
+    }
+    let _ = writeln!(
+        out,
+        "producer {} {}",
+        model.producer_name, model.producer_version
+    );
+    let Some(graph) = &model.graph else {
+        return out;
+    };
+    for input in &graph.input {
+        let _ = writeln!(out, "input  {}", signature(input));
+    }
+    for output in &graph.output {
+        let _ = writeln!(out, "output {}", signature(output));
+    }
+    let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+    for node in &graph.node {
+        *ops.entry(&node.op_type).or_default() += 1;
+    }
+    let _ = writeln!(out, "nodes  {}", graph.node.len());
+    for (op, count) in ops {
+        let _ = writeln!(out, "  {op:<20} {count:>5}");
+    }
+    // Weights are the float initializers of rank >= 1; scalars and int64 shapes are constants.
+    let weights: Vec<_> = graph
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == DataType::Float as i32 && !t.dims.is_empty())
+        .collect();
+    let values: usize = weights
+        .iter()
+        .map(|t| t.dims.iter().product::<i64>() as usize)
+        .sum();
+    let _ = writeln!(
+        out,
+        "weights {} values in {} tensors",
+        thousands(values),
+        weights.len()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(163_009_536), "163,009,536");
+    }
+
+    #[test]
+    fn table_shows_the_books_totals() {
+        let table = parameter_table(&GptConfig::preset("gpt2-small").unwrap());
+        assert!(table.contains("163,009,536"));
+        assert!(table.contains("124,412,160"));
+        assert!(table.contains("621.83 MB"));
+    }
+}

@@ -1,0 +1,29 @@
+//! gptc: GPT-2 compiled to ONNX, and text generated with it on tract or ONNX Runtime.
+//!
+//! Knows runtimes, not ONNX internals: graphs come from the `gptc-graph` crate.
+
+pub mod generate;
+pub mod inspect;
+pub mod reference;
+pub mod runtime;
+pub mod tokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Graph(#[from] gptc_graph::Error),
+    #[error("{0}")]
+    Runtime(String),
+    #[error("{0}")]
+    Input(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Peak resident memory of this process so far, in bytes (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,304 @@
+//! The `gptc` command line: export, generate, inspect.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use gptc::inspect;
+use gptc::runtime::tract::TractRuntime;
+use gptc::runtime::Runtime;
+use gptc::tokenizer::Tokenizer;
+use gptc_graph::{file, GptConfig, ParameterCount, RandomInit};
+
+#[derive(Parser)]
+#[command(
+    name = "gptc",
+    version,
+    about = "Compile GPT-2 to ONNX and generate text with it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a GPT-2 model as an ONNX file.
+    Export(ExportArgs),
+    /// Generate text greedily from a prompt.
+    Generate(GenerateArgs),
+    /// Print the parameter accounting of a config, and what a model file holds.
+    Inspect(InspectArgs),
+}
+
+/// Which model: a preset or a JSON config, with single fields overridden by flags.
+#[derive(Args, Clone, Default)]
+struct ConfigArgs {
+    /// gpt2-small (the default), gpt2-medium, gpt2-large or gpt2-xl.
+    #[arg(long, conflicts_with = "config")]
+    preset: Option<String>,
+    /// A JSON file with the book's keys (vocab_size, context_length, emb_dim, n_heads, n_layers,
+    /// drop_rate, qkv_bias).
+    #[arg(long, value_name = "FILE.json")]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    #[arg(long)]
+    context_length: Option<usize>,
+    #[arg(long)]
+    emb_dim: Option<usize>,
+    #[arg(long)]
+    n_heads: Option<usize>,
+    #[arg(long)]
+    n_layers: Option<usize>,
+    #[arg(long)]
+    drop_rate: Option<f64>,
+    #[arg(long, value_name = "true|false")]
+    qkv_bias: Option<bool>,
+}
+
+impl ConfigArgs {
+    fn any_given(&self) -> bool {
+        self.preset.is_some() || self.config.is_some() || self.overrides_given()
+    }
+
+    fn overrides_given(&self) -> bool {
+        self.vocab_size.is_some()
+            || self.context_length.is_some()
+            || self.emb_dim.is_some()
+            || self.n_heads.is_some()
+            || self.n_layers.is_some()
+            || self.drop_rate.is_some()
+            || self.qkv_bias.is_some()
+    }
+
+    fn resolve(&self) -> Result<GptConfig> {
+        let mut config = match (&self.preset, &self.config) {
+            (_, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                GptConfig::from_json(&text).with_context(|| path.display().to_string())?
+            }
+            (preset, None) => GptConfig::preset(preset.as_deref().unwrap_or("gpt2-small"))?,
+        };
+        let set = |field: &mut usize, value: Option<usize>| {
+            if let Some(v) = value {
+                *field = v;
+            }
+        };
+        set(&mut config.vocab_size, self.vocab_size);
+        set(&mut config.context_length, self.context_length);
+        set(&mut config.emb_dim, self.emb_dim);
+        set(&mut config.n_heads, self.n_heads);
+        set(&mut config.n_layers, self.n_layers);
+        if let Some(v) = self.drop_rate {
+            config.drop_rate = v;
+        }
+        if let Some(v) = self.qkv_bias {
+            config.qkv_bias = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    model: ConfigArgs,
+    /// Seed of GPT-2's random init; the same seed writes a byte-identical file.
+    #[arg(long, default_value_t = 123)]
+    seed: u64,
+    /// Where to write the .onnx file.
+    #[arg(short, long, value_name = "FILE.onnx")]
+    output: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RuntimeKind {
+    /// tract: pure Rust, CPU, nothing to install.
+    Tract,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// The prompt text.
+    prompt: String,
+    /// An exported .onnx file; without it, gpt2-small (or the given config) is compiled in memory.
+    #[arg(long, value_name = "FILE.onnx")]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Seed of the random init when compiling in memory.
+    #[arg(long, default_value_t = 123)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "tract")]
+    runtime: RuntimeKind,
+    #[arg(long, default_value_t = 10)]
+    max_new_tokens: usize,
+    /// Print one JSON object (prompt, prompt_ids, output_ids, text) instead of the text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// An .onnx file to report on (its stored config gives the accounting).
+    #[arg(long, value_name = "FILE.onnx", conflicts_with_all = ["preset", "config"])]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // clap's first line says what is wrong; the usage it appends is for --help.
+            let message = e.to_string();
+            let first = message.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{}", first.trim());
+            std::process::exit(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Export(args) => export(args),
+        Command::Generate(args) => generate(args),
+        Command::Inspect(args) => inspect(args),
+    };
+    if let Err(e) = result {
+        let message = format!("{e:#}").replace('\n', " ");
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn export(args: ExportArgs) -> Result<()> {
+    let config = args.model.resolve()?;
+    let start = Instant::now();
+    let model = gptc_graph::build_model(
+        &config,
+        &mut RandomInit { seed: args.seed },
+        Some(args.seed),
+    )?;
+    file::write_model(&args.output, &model)?;
+    let count = ParameterCount::of(&config);
+    eprintln!(
+        "wrote {} ({} parameters, {:.2} MB) in {:.2} s",
+        args.output.display(),
+        inspect::thousands(count.total()),
+        count.megabytes_f32(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Loads `--model`, or compiles the config in memory; returns the runtime and the config.
+fn load_runtime(
+    model: Option<&Path>,
+    config_args: &ConfigArgs,
+    seed: u64,
+    _kind: RuntimeKind,
+) -> Result<(Box<dyn Runtime>, GptConfig)> {
+    let (bytes, config) = match model {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let stored = file::stored_config_of_bytes(path, &bytes)?;
+            let config = match stored {
+                Some(c) => c,
+                None if config_args.any_given() => config_args.resolve()?,
+                None => bail!(
+                    "{} has no gptc config in its metadata; say which model it is with --preset or --config",
+                    path.display()
+                ),
+            };
+            (bytes, config)
+        }
+        None => {
+            let config = config_args.resolve()?;
+            let model = gptc_graph::build_model(&config, &mut RandomInit { seed }, Some(seed))?;
+            (file::encode(&model), config)
+        }
+    };
+    let runtime = TractRuntime::from_bytes(&bytes)?;
+    Ok((Box::new(runtime), config))
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let tokenizer = Tokenizer::gpt2();
+    let prompt_ids = tokenizer.encode(&args.prompt);
+    if prompt_ids.is_empty() {
+        bail!("the prompt is empty: give some text to continue");
+    }
+    let (mut runtime, config) =
+        load_runtime(args.model.as_deref(), &args.config, args.seed, args.runtime)?;
+    if let Some(&id) = prompt_ids
+        .iter()
+        .find(|&&id| id as usize >= config.vocab_size)
+    {
+        bail!(
+            "prompt token {id} is outside the model's vocabulary of {}",
+            config.vocab_size
+        );
+    }
+    let new_ids = gptc::generate::greedy(
+        runtime.as_mut(),
+        &prompt_ids,
+        args.max_new_tokens,
+        config.context_length,
+    )?;
+    let all_ids: Vec<i64> = prompt_ids.iter().chain(&new_ids).copied().collect();
+    let text = tokenizer.decode(&all_ids)?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let object = serde_json::json!({
+            "prompt": args.prompt,
+            "prompt_ids": prompt_ids,
+            "output_ids": new_ids,
+            "text": text,
+        });
+        writeln!(stdout, "{object}")?;
+    } else {
+        writeln!(stdout, "{text}")?;
+    }
+    Ok(())
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    let mut out = String::new();
+    let config = match &args.model {
+        Some(path) => {
+            let model = file::read_model(path)?;
+            out.push_str(&inspect::file_report(&model));
+            match file::stored_config(&model).transpose()? {
+                Some(config) => Some(config),
+                None if args.config.any_given() => Some(args.config.resolve()?),
+                None => {
+                    out.push_str("no gptc config in the metadata: pass --preset or --config for the accounting\n");
+                    None
+                }
+            }
+        }
+        None => Some(args.config.resolve()?),
+    };
+    if let Some(config) = config {
+        out.push_str(&format!(
+            "config: vocab {} context {} emb {} heads {} layers {} drop {} qkv_bias {}\n",
+            config.vocab_size,
+            config.context_length,
+            config.emb_dim,
+            config.n_heads,
+            config.n_layers,
+            config.drop_rate,
+            config.qkv_bias
+        ));
+        out.push_str(&inspect::parameter_table(&config));
+    }
+    print!("{out}");
+    Ok(())
+}

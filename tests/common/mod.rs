@@ -1,0 +1,84 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use gptc_graph::{build_model, file, GptConfig, RandomInit, Recording, TensorMap};
+use ndarray::{Array2, Array3};
+
+/// A small GPT-2: the real vocabulary and tokenizer, a few narrow layers.
+pub fn tiny_config(n_layers: usize, qkv_bias: bool) -> GptConfig {
+    GptConfig {
+        vocab_size: 50257,
+        context_length: 64,
+        emb_dim: 64,
+        n_heads: 4,
+        n_layers,
+        drop_rate: 0.1,
+        qkv_bias,
+    }
+}
+
+/// The encoded model and every weight it was built with.
+pub fn compile(config: &GptConfig, seed: u64) -> (Vec<u8>, TensorMap) {
+    let mut init = RandomInit { seed };
+    let mut recording = Recording {
+        source: &mut init,
+        seen: TensorMap::default(),
+    };
+    let model = build_model(config, &mut recording, Some(seed)).expect("tiny configs build");
+    (file::encode(&model), recording.seen)
+}
+
+/// Deterministic pseudo-random token ids in `[0, vocab)`.
+pub fn token_ids(batch: usize, seq: usize, vocab: usize, salt: u64) -> Array2<i64> {
+    let mut state = salt
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    Array2::from_shape_fn((batch, seq), |_| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) % vocab as u64) as i64
+    })
+}
+
+/// `max |actual - expected| / max |expected|`: the error relative to the logits' scale.
+pub fn relative_error(actual: &Array3<f32>, expected: &Array3<f32>) -> f32 {
+    assert_eq!(actual.shape(), expected.shape(), "logits shapes differ");
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = actual
+        .iter()
+        .zip(expected)
+        .fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+    diff / scale
+}
+
+pub fn gptc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gptc"))
+        .args(args)
+        .output()
+        .expect("gptc runs")
+}
+
+pub fn gptc_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gptc"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("gptc runs")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails the test with gptc's stderr when gptc failed.
+pub fn assert_success(out: &Output) {
+    assert!(out.status.success(), "gptc failed: {}", stderr(out));
+}

@@ -1,0 +1,63 @@
+//! tract running the exported graph agrees with the independent ndarray forward.
+
+mod common;
+
+use common::{compile, relative_error, tiny_config, token_ids};
+use gptc::reference::Reference;
+use gptc::runtime::tract::TractRuntime;
+use gptc::runtime::Runtime;
+
+const TOLERANCE: f32 = 1e-4;
+
+#[test]
+fn tiny_configs_match_the_reference_forward() {
+    for (n_layers, qkv_bias) in [(2, false), (2, true), (4, false), (3, true)] {
+        let config = tiny_config(n_layers, qkv_bias);
+        let (bytes, weights) = compile(&config, 7 + n_layers as u64);
+        let mut tract = TractRuntime::from_bytes(&bytes).unwrap();
+        let reference = Reference::new(&config, &weights);
+        for (batch, seq) in [(1, 1), (1, 17), (3, 9), (3, config.context_length)] {
+            let ids = token_ids(batch, seq, config.vocab_size, (batch * 100 + seq) as u64);
+            let actual = tract.forward(&ids).unwrap();
+            let expected = reference.logits(&ids).unwrap();
+            let err = relative_error(&actual, &expected);
+            assert!(
+                err < TOLERANCE,
+                "layers {n_layers} qkv_bias {qkv_bias} batch {batch} seq {seq}: relative error {err}"
+            );
+        }
+    }
+}
+
+/// The comparison above must be able to fail: one changed weight is caught.
+#[test]
+fn a_perturbed_weight_is_detected() {
+    let config = tiny_config(2, true);
+    let (bytes, mut weights) = compile(&config, 1);
+    let mut tract = TractRuntime::from_bytes(&bytes).unwrap();
+    // (A key bias shifts every score of a query equally, which softmax ignores: perturb the MLP.)
+    let tensor = weights.0.get_mut("h.1.mlp.c_fc.bias").unwrap();
+    tensor.data[5] += 0.5;
+    let ids = token_ids(1, 12, config.vocab_size, 3);
+    let err = relative_error(
+        &tract.forward(&ids).unwrap(),
+        &Reference::new(&config, &weights).logits(&ids).unwrap(),
+    );
+    assert!(err > 10.0 * TOLERANCE, "relative error {err}");
+}
+
+/// Rows of a batch are independent: each equals that row run alone.
+#[test]
+fn batch_rows_equal_single_runs() {
+    let config = tiny_config(2, false);
+    let (bytes, _) = compile(&config, 3);
+    let mut tract = TractRuntime::from_bytes(&bytes).unwrap();
+    let ids = token_ids(3, 11, config.vocab_size, 9);
+    let batched = tract.forward(&ids).unwrap();
+    for b in 0..3 {
+        let row = ids.slice(ndarray::s![b..b + 1, ..]).to_owned();
+        let single = tract.forward(&row).unwrap();
+        let from_batch = batched.slice(ndarray::s![b..b + 1, .., ..]).to_owned();
+        assert!(relative_error(&from_batch, &single) < 1e-5, "row {b}");
+    }
+}
