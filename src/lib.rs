@@ -2,6 +2,7 @@
 //!
 //! Knows runtimes, not ONNX internals: graphs come from the `gptc-graph` crate.
 
+pub mod bench;
 pub mod generate;
 pub mod inspect;
 pub mod reference;

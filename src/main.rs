@@ -32,6 +32,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Print the parameter accounting of a config, and what a model file holds.
     Inspect(InspectArgs),
+    /// Measure export, load and generation speed, and the machine's memory bandwidth.
+    Bench(BenchArgs),
 }
 
 /// Which model: a preset or a JSON config, with single fields overridden by flags.
@@ -153,6 +155,16 @@ struct InspectArgs {
     config: ConfigArgs,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[arg(long, default_value = "Hello, I am")]
+    prompt: String,
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -169,6 +181,7 @@ fn main() {
         Command::Export(args) => export(args),
         Command::Generate(args) => generate(args),
         Command::Inspect(args) => inspect(args),
+        Command::Bench(args) => bench(args),
     };
     if let Err(e) = result {
         let message = format!("{e:#}").replace('\n', " ");
@@ -300,5 +313,65 @@ fn inspect(args: InspectArgs) -> Result<()> {
         out.push_str(&inspect::parameter_table(&config));
     }
     print!("{out}");
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    use gptc::bench::read_bandwidth;
+    let config = args.config.resolve()?;
+    let count = ParameterCount::of(&config);
+    let gb = |bytes: f64| bytes / 1e9;
+    let path = std::env::temp_dir().join(format!("gptc-bench-{}.onnx", std::process::id()));
+
+    let start = Instant::now();
+    let model = gptc_graph::build_model(&config, &mut RandomInit { seed: 123 }, Some(123))?;
+    file::write_model(&path, &model)?;
+    drop(model);
+    let export_s = start.elapsed().as_secs_f64();
+    let export_peak = gptc::peak_rss_bytes().unwrap_or(0) as f64;
+    let file_bytes = std::fs::metadata(&path)?.len() as f64;
+    println!(
+        "export      {:.2} s, peak RSS {:.2} GB, file {:.1} MB ({} parameters)",
+        export_s,
+        gb(export_peak),
+        file_bytes / 1e6,
+        inspect::thousands(count.total())
+    );
+
+    let start = Instant::now();
+    let runtime = TractRuntime::from_path(&path);
+    let _ = std::fs::remove_file(&path);
+    let mut runtime = runtime?;
+    println!("tract load  {:.2} s (parse, optimize, plan)", start.elapsed().as_secs_f64());
+
+    let prompt_ids = Tokenizer::gpt2().encode(&args.prompt);
+    let start = Instant::now();
+    let new_ids = gptc::generate::greedy(
+        &mut runtime,
+        &prompt_ids,
+        args.new_tokens,
+        config.context_length,
+    )?;
+    let decode_s = start.elapsed().as_secs_f64();
+    let tokens_per_s = new_ids.len() as f64 / decode_s;
+    println!(
+        "generate    {} new tokens after a {}-token prompt, no KV cache: {:.2} s, {:.1} tokens/s",
+        new_ids.len(),
+        prompt_ids.len(),
+        decode_s,
+        tokens_per_s
+    );
+    println!("peak RSS    {:.2} GB (whole run)", gb(gptc::peak_rss_bytes().unwrap_or(0) as f64));
+
+    let bandwidth = read_bandwidth(1 << 30, 5);
+    let weight_bytes = (count.total() * 4) as f64;
+    let limit = bandwidth / weight_bytes;
+    println!(
+        "bandwidth   {:.1} GB/s read; one pass over {:.0} MB of weights per token bounds decode at {:.1} tokens/s; this run: {:.2}x that",
+        gb(bandwidth),
+        weight_bytes / 1e6,
+        limit,
+        tokens_per_s / limit
+    );
     Ok(())
 }
