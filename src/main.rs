@@ -11,7 +11,7 @@ use gptc::inspect;
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::Runtime;
 use gptc::tokenizer::Tokenizer;
-use gptc_graph::{file, GptConfig, ParameterCount, RandomInit};
+use gptc_graph::{file, GptConfig, GraphOptions, ParameterCount, RandomInit};
 
 #[derive(Parser)]
 #[command(
@@ -107,10 +107,32 @@ impl ConfigArgs {
     }
 }
 
+/// The graph's shape beyond the config.
+#[derive(Args, Clone, Copy)]
+struct GraphArgs {
+    /// The book's plain graph (input_ids -> logits) instead of the KV-cache graph.
+    #[arg(long)]
+    no_kv_cache: bool,
+    /// Logits for the last position only: [batch_size, 1, vocab_size].
+    #[arg(long)]
+    last_token_logits: bool,
+}
+
+impl GraphArgs {
+    fn options(self) -> GraphOptions {
+        GraphOptions {
+            kv_cache: !self.no_kv_cache,
+            last_token_logits: self.last_token_logits,
+        }
+    }
+}
+
 #[derive(Args)]
 struct ExportArgs {
     #[command(flatten)]
     model: ConfigArgs,
+    #[command(flatten)]
+    graph: GraphArgs,
     /// Seed of GPT-2's random init; the same seed writes a byte-identical file.
     #[arg(long, default_value_t = 123)]
     seed: u64,
@@ -137,6 +159,9 @@ struct GenerateArgs {
     /// Seed of the random init when compiling in memory.
     #[arg(long, default_value_t = 123)]
     seed: u64,
+    /// Compile in memory without the KV cache (every token re-runs the whole window).
+    #[arg(long, conflicts_with = "model")]
+    no_kv_cache: bool,
     #[arg(long, value_enum, default_value = "tract")]
     runtime: RuntimeKind,
     #[arg(long, default_value_t = 10)]
@@ -195,6 +220,7 @@ fn export(args: ExportArgs) -> Result<()> {
     let start = Instant::now();
     let model = gptc_graph::build_model(
         &config,
+        args.graph.options(),
         &mut RandomInit { seed: args.seed },
         Some(args.seed),
     )?;
@@ -215,6 +241,7 @@ fn load_runtime(
     model: Option<&Path>,
     config_args: &ConfigArgs,
     seed: u64,
+    options: GraphOptions,
     _kind: RuntimeKind,
 ) -> Result<(Box<dyn Runtime>, GptConfig)> {
     let (bytes, config) = match model {
@@ -234,7 +261,8 @@ fn load_runtime(
         }
         None => {
             let config = config_args.resolve()?;
-            let model = gptc_graph::build_model(&config, &mut RandomInit { seed }, Some(seed))?;
+            let model =
+                gptc_graph::build_model(&config, options, &mut RandomInit { seed }, Some(seed))?;
             (file::encode(&model), config)
         }
     };
@@ -248,8 +276,18 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if prompt_ids.is_empty() {
         bail!("the prompt is empty: give some text to continue");
     }
-    let (mut runtime, config) =
-        load_runtime(args.model.as_deref(), &args.config, args.seed, args.runtime)?;
+    // Generating reads only the last position's logits.
+    let options = GraphOptions {
+        kv_cache: !args.no_kv_cache,
+        last_token_logits: true,
+    };
+    let (mut runtime, config) = load_runtime(
+        args.model.as_deref(),
+        &args.config,
+        args.seed,
+        options,
+        args.runtime,
+    )?;
     if let Some(&id) = prompt_ids
         .iter()
         .find(|&&id| id as usize >= config.vocab_size)
@@ -324,7 +362,12 @@ fn bench(args: BenchArgs) -> Result<()> {
     let path = std::env::temp_dir().join(format!("gptc-bench-{}.onnx", std::process::id()));
 
     let start = Instant::now();
-    let model = gptc_graph::build_model(&config, &mut RandomInit { seed: 123 }, Some(123))?;
+    let options = GraphOptions {
+        kv_cache: true,
+        last_token_logits: true,
+    };
+    let model =
+        gptc_graph::build_model(&config, options, &mut RandomInit { seed: 123 }, Some(123))?;
     file::write_model(&path, &model)?;
     drop(model);
     let export_s = start.elapsed().as_secs_f64();
@@ -342,7 +385,10 @@ fn bench(args: BenchArgs) -> Result<()> {
     let runtime = TractRuntime::from_path(&path);
     let _ = std::fs::remove_file(&path);
     let mut runtime = runtime?;
-    println!("tract load  {:.2} s (parse, optimize, plan)", start.elapsed().as_secs_f64());
+    println!(
+        "tract load  {:.2} s (parse, optimize, plan)",
+        start.elapsed().as_secs_f64()
+    );
 
     let prompt_ids = Tokenizer::gpt2().encode(&args.prompt);
     let start = Instant::now();
@@ -361,7 +407,10 @@ fn bench(args: BenchArgs) -> Result<()> {
         decode_s,
         tokens_per_s
     );
-    println!("peak RSS    {:.2} GB (whole run)", gb(gptc::peak_rss_bytes().unwrap_or(0) as f64));
+    println!(
+        "peak RSS    {:.2} GB (whole run)",
+        gb(gptc::peak_rss_bytes().unwrap_or(0) as f64)
+    );
 
     let bandwidth = read_bandwidth(1 << 30, 5);
     let weight_bytes = (count.total() * 4) as f64;

@@ -2,27 +2,9 @@
 
 mod common;
 
-use common::{assert_success, gptc, stdout};
-use gptc::reference::{argmax, Reference};
+use common::{assert_success, gptc, reference_greedy, stdout};
+use gptc::reference::Reference;
 use gptc_graph::file;
-use ndarray::{s, Array2};
-
-/// The book's `generate_text_simple`, run on the reference forward.
-fn reference_greedy(
-    reference: &Reference,
-    prompt: &[i64],
-    new_tokens: usize,
-    context: usize,
-) -> Vec<i64> {
-    let mut ids = prompt.to_vec();
-    for _ in 0..new_tokens {
-        let window = ids[ids.len().saturating_sub(context)..].to_vec();
-        let input = Array2::from_shape_vec((1, window.len()), window).unwrap();
-        let logits = reference.logits(&input).unwrap();
-        ids.push(argmax(logits.slice(s![0, -1, ..])) as i64);
-    }
-    ids.split_off(prompt.len())
-}
 
 fn generated_ids(args: &[&str]) -> (Vec<i64>, Vec<i64>) {
     let out = gptc(args);
@@ -44,6 +26,7 @@ fn gpt2_small_greedy_ids_equal_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gpt2-small.onnx");
     let path_str = path.to_str().unwrap();
+    // The default export has the KV cache and full logits.
     assert_success(&gptc(&["export", "--preset", "gpt2-small", "-o", path_str]));
 
     let (prompt_ids, output_ids) = generated_ids(&[
@@ -65,7 +48,7 @@ fn gpt2_small_greedy_ids_equal_the_reference() {
     let weights = file::float_initializers(&model).unwrap();
     drop(model);
     let reference = Reference::new(&config, &weights);
-    let expected = reference_greedy(&reference, &prompt_ids, 10, config.context_length);
+    let (expected, _) = reference_greedy(&reference, &prompt_ids, 10, config.context_length);
     assert_eq!(output_ids, expected);
 
     // The embedded default (no --model) compiles the same gpt2-small, seed 123, in memory.

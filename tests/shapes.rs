@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{compile, tiny_config};
-use gptc::runtime::tract::{inferred_io, InferredTensor};
+use common::{compile, compile_with, tiny_config, ALL_VARIANTS};
+use gptc::runtime::tract::{canonical_dim, inferred_io, InferredTensor};
 use gptc_graph::onnx::{Dim, ModelProto, ValueInfoProto};
+use gptc_graph::{GptConfig, GraphOptions};
 use prost::Message;
 
 /// The inputs or outputs a file declares, in the form of tract's analysis.
@@ -19,32 +20,74 @@ fn declared(values: &[ValueInfoProto]) -> Vec<InferredTensor> {
                 dtype: dtype.onnx_name().to_string(),
                 dims: dims
                     .into_iter()
-                    .map(|d| d.expect("every dim named or fixed").to_string())
+                    .map(|d| canonical_dim(&d.expect("every dim named or fixed").to_string()))
                     .collect(),
             }
         })
         .collect()
 }
 
+/// What gptc promises for each variant: `(name, dtype, dims)` of every input and output.
+fn expected_io(
+    config: &GptConfig,
+    options: GraphOptions,
+) -> (Vec<InferredTensor>, Vec<InferredTensor>) {
+    let t = |name: &str, dtype: &str, dims: &[&str]| InferredTensor {
+        name: name.into(),
+        dtype: dtype.into(),
+        dims: dims.iter().map(|d| canonical_dim(d)).collect(),
+    };
+    let (heads, head_dim, vocab) = (
+        config.n_heads.to_string(),
+        config.head_dim().to_string(),
+        config.vocab_size.to_string(),
+    );
+    let total = "past_sequence_length + sequence_length";
+    let mut inputs = vec![t("input_ids", "int64", &["batch_size", "sequence_length"])];
+    let positions = if options.last_token_logits {
+        "1"
+    } else {
+        "sequence_length"
+    };
+    let mut outputs = vec![t("logits", "float", &["batch_size", positions, &vocab])];
+    if options.kv_cache {
+        inputs.push(t("attention_mask", "int64", &["batch_size", total]));
+        inputs.push(t(
+            "position_ids",
+            "int64",
+            &["batch_size", "sequence_length"],
+        ));
+        for i in 0..config.n_layers {
+            for part in ["key", "value"] {
+                let past = ["batch_size", &heads, "past_sequence_length", &head_dim];
+                inputs.push(t(&format!("past_key_values.{i}.{part}"), "float", &past));
+                outputs.push(t(
+                    &format!("present.{i}.{part}"),
+                    "float",
+                    &["batch_size", &heads, total, &head_dim],
+                ));
+            }
+        }
+    }
+    (inputs, outputs)
+}
+
 #[test]
-fn logits_are_batch_by_sequence_by_vocab() {
+fn every_variant_has_the_promised_io_and_tract_infers_what_is_declared() {
     for qkv_bias in [false, true] {
         let config = tiny_config(2, qkv_bias);
-        let (bytes, _) = compile(&config, 1);
-        let (inputs, outputs) = inferred_io(&bytes).unwrap();
-        assert_eq!(inputs.len(), 1);
-        assert_eq!(inputs[0].name, "input_ids");
-        assert_eq!(inputs[0].dtype, "int64");
-        assert_eq!(inputs[0].dims, ["batch_size", "sequence_length"]);
-        assert_eq!(outputs.len(), 1);
-        assert_eq!(outputs[0].name, "logits");
-        assert_eq!(outputs[0].dtype, "float");
-        assert_eq!(outputs[0].dims, ["batch_size", "sequence_length", "50257"]);
+        for options in ALL_VARIANTS {
+            let (bytes, _) = compile_with(&config, options, 1);
+            let (inputs, outputs) = inferred_io(&bytes).unwrap();
+            let (expected_inputs, expected_outputs) = expected_io(&config, options);
+            assert_eq!(inputs, expected_inputs, "{options:?}");
+            assert_eq!(outputs, expected_outputs, "{options:?}");
 
-        let model = ModelProto::decode(bytes.as_slice()).unwrap();
-        let graph = model.graph.as_ref().unwrap();
-        assert_eq!(declared(&graph.input), inputs);
-        assert_eq!(declared(&graph.output), outputs);
+            let model = ModelProto::decode(bytes.as_slice()).unwrap();
+            let graph = model.graph.as_ref().unwrap();
+            assert_eq!(declared(&graph.input), inputs, "{options:?}");
+            assert_eq!(declared(&graph.output), outputs, "{options:?}");
+        }
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 use common::{compile, relative_error, tiny_config, token_ids};
 use gptc::reference::Reference;
 use gptc::runtime::tract::TractRuntime;
-use gptc::runtime::Runtime;
+use gptc::runtime::{Runtime, Step};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -18,7 +18,7 @@ fn tiny_configs_match_the_reference_forward() {
         let reference = Reference::new(&config, &weights);
         for (batch, seq) in [(1, 1), (1, 17), (3, 9), (3, config.context_length)] {
             let ids = token_ids(batch, seq, config.vocab_size, (batch * 100 + seq) as u64);
-            let actual = tract.forward(&ids).unwrap();
+            let actual = tract.run(&Step::ids_only(&ids)).unwrap();
             let expected = reference.logits(&ids).unwrap();
             let err = relative_error(&actual, &expected);
             assert!(
@@ -40,7 +40,7 @@ fn a_perturbed_weight_is_detected() {
     tensor.data[5] += 0.5;
     let ids = token_ids(1, 12, config.vocab_size, 3);
     let err = relative_error(
-        &tract.forward(&ids).unwrap(),
+        &tract.run(&Step::ids_only(&ids)).unwrap(),
         &Reference::new(&config, &weights).logits(&ids).unwrap(),
     );
     assert!(err > 10.0 * TOLERANCE, "relative error {err}");
@@ -53,10 +53,10 @@ fn batch_rows_equal_single_runs() {
     let (bytes, _) = compile(&config, 3);
     let mut tract = TractRuntime::from_bytes(&bytes).unwrap();
     let ids = token_ids(3, 11, config.vocab_size, 9);
-    let batched = tract.forward(&ids).unwrap();
+    let batched = tract.run(&Step::ids_only(&ids)).unwrap();
     for b in 0..3 {
         let row = ids.slice(ndarray::s![b..b + 1, ..]).to_owned();
-        let single = tract.forward(&row).unwrap();
+        let single = tract.run(&Step::ids_only(&row)).unwrap();
         let from_batch = batched.slice(ndarray::s![b..b + 1, .., ..]).to_owned();
         assert!(relative_error(&from_batch, &single) < 1e-5, "row {b}");
     }

@@ -267,6 +267,26 @@ impl<'w> Scope<'_, 'w> {
         self.op("Mul", &[a, b], vec![])
     }
 
+    pub fn and(&mut self, a: Value, b: Value) -> Value {
+        self.op("And", &[a, b], vec![])
+    }
+
+    pub fn cast(&mut self, x: Value, to: DataType) -> Value {
+        self.op("Cast", &[x], vec![("to", Attr::Int(to as i64))])
+    }
+
+    pub fn concat(&mut self, parts: &[Value], axis: i64) -> Value {
+        self.op("Concat", parts, vec![("axis", Attr::Int(axis))])
+    }
+
+    /// `x[start..end]` along each of `axes`, with constant bounds (negative counts from the end).
+    pub fn slice(&mut self, x: Value, starts: &[i64], ends: &[i64], axes: &[i64]) -> Value {
+        let starts = self.const_i64(starts);
+        let ends = self.const_i64(ends);
+        let axes = self.const_i64(axes);
+        self.op("Slice", &[x, starts, ends, axes], vec![])
+    }
+
     pub fn pow(&mut self, a: Value, b: Value) -> Value {
         self.op("Pow", &[a, b], vec![])
     }

@@ -248,7 +248,7 @@ pub fn stored_config_of_bytes(path: &Path, bytes: &[u8]) -> Result<Option<GptCon
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{build_model, GptConfig, RandomInit};
+    use crate::{build_model, GptConfig, GraphOptions, RandomInit};
 
     #[test]
     fn streamed_encoding_decodes_to_the_same_model() {
@@ -261,7 +261,11 @@ mod tests {
             drop_rate: 0.0,
             qkv_bias: true,
         };
-        let model = build_model(&config, &mut RandomInit { seed: 3 }, Some(3)).unwrap();
+        let options = GraphOptions {
+            kv_cache: true,
+            last_token_logits: false,
+        };
+        let model = build_model(&config, options, &mut RandomInit { seed: 3 }, Some(3)).unwrap();
         let mut streamed = Vec::new();
         encode_to(&model, &mut streamed).unwrap();
         assert_eq!(streamed.len(), model.encoded_len());

@@ -5,6 +5,9 @@
 //! for each block:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))
 //! logits = ln_f(x) @ lm_head^T
 //! ```
+//!
+//! With the KV cache, each block's attention also takes the past keys and values and returns
+//! them with this step's appended (`present`), in the layout of HF optimum's GPT-2 exports.
 
 use crate::builder::{GraphBuilder, Scope, Value};
 use crate::config::{GptConfig, LAYER_NORM_EPS};
@@ -19,30 +22,89 @@ pub const IR_VERSION: i64 = 8;
 /// GPT-2's init: N(0, 0.02) for weights and embeddings.
 const INIT_STD: f32 = 0.02;
 
+/// The named dims of the graph's inputs and outputs.
+pub const BATCH: &str = "batch_size";
+pub const SEQUENCE: &str = "sequence_length";
+pub const PAST: &str = "past_sequence_length";
+pub const TOTAL: &str = "past_sequence_length + sequence_length";
+
+/// What the graph computes besides the plain forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphOptions {
+    /// Past keys and values in, present ones out, with `attention_mask` and `position_ids`:
+    /// one graph for the prompt (past length 0) and for every next token.
+    pub kv_cache: bool,
+    /// Logits for the last position only: `[batch_size, 1, vocab_size]`.
+    pub last_token_logits: bool,
+}
+
+/// One layer's keys or values: `[batch_size, n_heads, length, head_dim]` each.
+#[derive(Clone, Copy, Debug)]
+struct KeyValue {
+    key: Value,
+    value: Value,
+}
+
+/// The graph inputs the blocks read.
+struct Inputs {
+    input_ids: Value,
+    cache: Option<CacheInputs>,
+}
+
+struct CacheInputs {
+    attention_mask: Value,
+    position_ids: Value,
+    past: Vec<KeyValue>,
+}
+
 /// Builds the whole model; `init_seed` is recorded in the metadata when the weights are random.
 pub fn build_model(
     config: &GptConfig,
+    options: GraphOptions,
     weights: &mut dyn WeightSource,
     init_seed: Option<u64>,
 ) -> Result<ModelProto> {
     config.validate()?;
     let mut graph = GraphBuilder::new(weights);
-    let input_ids = graph.input(
-        "input_ids",
-        DataType::Int64,
-        &["batch_size".into(), "sequence_length".into()],
-    );
-    let logits = gpt2(&mut graph.root(), input_ids, config)?;
-    let logits_dims = [
-        "batch_size".into(),
-        "sequence_length".into(),
-        Dim::from(config.vocab_size),
-    ];
+    let inputs = declare_inputs(&mut graph, config, options);
+    let (logits, present) = gpt2(&mut graph.root(), &inputs, config, options)?;
+
+    let positions = if options.last_token_logits {
+        Dim::Fixed(1)
+    } else {
+        SEQUENCE.into()
+    };
+    let logits_dims = [BATCH.into(), positions, config.vocab_size.into()];
     graph.output(logits, "logits", DataType::Float, &logits_dims);
+    let cache_dims = [
+        BATCH.into(),
+        config.n_heads.into(),
+        TOTAL.into(),
+        config.head_dim().into(),
+    ];
+    for (i, kv) in present.iter().enumerate() {
+        graph.output(
+            kv.key,
+            &format!("present.{i}.key"),
+            DataType::Float,
+            &cache_dims,
+        );
+        graph.output(
+            kv.value,
+            &format!("present.{i}.value"),
+            DataType::Float,
+            &cache_dims,
+        );
+    }
 
     let mut metadata = vec![
         ("gptc.version", env!("CARGO_PKG_VERSION").to_string()),
         ("gptc.config", config.to_json()),
+        ("gptc.kv_cache", options.kv_cache.to_string()),
+        (
+            "gptc.last_token_logits",
+            options.last_token_logits.to_string(),
+        ),
     ];
     if let Some(seed) = init_seed {
         metadata.push(("gptc.init_seed", seed.to_string()));
@@ -67,21 +129,90 @@ pub fn build_model(
     })
 }
 
-fn gpt2(s: &mut Scope, input_ids: Value, cfg: &GptConfig) -> Result<Value> {
+fn declare_inputs(graph: &mut GraphBuilder, cfg: &GptConfig, options: GraphOptions) -> Inputs {
+    let input_ids = graph.input(
+        "input_ids",
+        DataType::Int64,
+        &[BATCH.into(), SEQUENCE.into()],
+    );
+    if !options.kv_cache {
+        return Inputs {
+            input_ids,
+            cache: None,
+        };
+    }
+    let attention_mask = graph.input(
+        "attention_mask",
+        DataType::Int64,
+        &[BATCH.into(), TOTAL.into()],
+    );
+    let position_ids = graph.input(
+        "position_ids",
+        DataType::Int64,
+        &[BATCH.into(), SEQUENCE.into()],
+    );
+    let dims = [
+        BATCH.into(),
+        cfg.n_heads.into(),
+        PAST.into(),
+        cfg.head_dim().into(),
+    ];
+    let past = (0..cfg.n_layers)
+        .map(|i| KeyValue {
+            key: graph.input(&format!("past_key_values.{i}.key"), DataType::Float, &dims),
+            value: graph.input(
+                &format!("past_key_values.{i}.value"),
+                DataType::Float,
+                &dims,
+            ),
+        })
+        .collect();
+    Inputs {
+        input_ids,
+        cache: Some(CacheInputs {
+            attention_mask,
+            position_ids,
+            past,
+        }),
+    }
+}
+
+fn gpt2(
+    s: &mut Scope,
+    inputs: &Inputs,
+    cfg: &GptConfig,
+    options: GraphOptions,
+) -> Result<(Value, Vec<KeyValue>)> {
     let (vocab, ctx, e) = (cfg.vocab_size, cfg.context_length, cfg.emb_dim);
     let wte = s.param("wte.weight", &[vocab, e], Init::Normal { std: INIT_STD })?;
     let wpe = s.param("wpe.weight", &[ctx, e], Init::Normal { std: INIT_STD })?;
 
-    let zero = s.scalar_i64(0);
-    let seq_len = s.dim(input_ids, 1);
-    let positions = s.range(zero, seq_len);
-    let keep = causal_mask(s, ctx, positions, positions);
+    let (positions, keep) = match &inputs.cache {
+        None => {
+            let zero = s.scalar_i64(0);
+            let seq_len = s.dim(inputs.input_ids, 1);
+            let positions = s.range(zero, seq_len);
+            (positions, causal_mask(s, ctx, positions, positions))
+        }
+        Some(cache) => (
+            cache.position_ids,
+            cached_attention_mask(s, ctx, inputs.input_ids, cache),
+        ),
+    };
 
-    let tokens = s.gather(wte, input_ids);
+    let tokens = s.gather(wte, inputs.input_ids);
     let places = s.gather(wpe, positions);
     let mut x = s.add(tokens, places);
+    let mut present = Vec::new();
     for i in 0..cfg.n_layers {
-        x = transformer_block(&mut s.pp(format!("h.{i}")), x, keep, cfg)?;
+        let past = inputs.cache.as_ref().map(|c| c.past[i]);
+        let (y, kv) = transformer_block(&mut s.pp(format!("h.{i}")), x, keep, past, cfg)?;
+        x = y;
+        present.extend(kv);
+    }
+    if options.last_token_logits {
+        // LayerNorm and the head act per position: drop the others first.
+        x = s.slice(x, &[-1], &[i64::MAX], &[1]);
     }
     let x = layer_norm(&mut s.pp("ln_f"), x, e)?;
     let head = s.param(
@@ -90,7 +221,7 @@ fn gpt2(s: &mut Scope, input_ids: Value, cfg: &GptConfig) -> Result<Value> {
         Init::Normal { std: INIT_STD },
     )?;
     let head_t = s.transpose(head, &[1, 0]);
-    Ok(s.matmul(x, head_t))
+    Ok((s.matmul(x, head_t), present))
 }
 
 /// `keep[i, j]`: query position `i` may attend to key position `j <= i`. Rows and columns are
@@ -98,27 +229,50 @@ fn gpt2(s: &mut Scope, input_ids: Value, cfg: &GptConfig) -> Result<Value> {
 /// rather than computed from positions: tract 0.23's optimizer reasons symbolically about a
 /// mask computed from `Range`s and mis-slices the attention matmuls (see BENCHMARKS.md).
 /// Shape `[1, 1, T_query, T_key]`, the rank of the scores.
-fn causal_mask(
-    s: &mut Scope,
-    context: usize,
-    query_positions: Value,
-    key_positions: Value,
-) -> Value {
+fn causal_mask(s: &mut Scope, context: usize, query_slots: Value, key_slots: Value) -> Value {
     let table: Vec<bool> = (0..context)
         .flat_map(|i| (0..context).map(move |j| j <= i))
         .collect();
     let table = s.const_bool("causal_mask", &[1, 1, context, context], &table);
-    let rows = s.gather_axis(table, query_positions, 2);
-    s.gather_axis(rows, key_positions, 3)
+    let rows = s.gather_axis(table, query_slots, 2);
+    s.gather_axis(rows, key_slots, 3)
 }
 
-fn transformer_block(s: &mut Scope, x: Value, keep: Value, cfg: &GptConfig) -> Result<Value> {
+/// With a cache the queries are the last `T` of `past + T` slots, and padded slots (0 in
+/// `attention_mask`) are hidden from every query: `[batch, 1, T, past + T]`.
+/// The past length comes from the mask, not from the past tensors, so those feed nothing but
+/// their concat (the form tract's KV-cache rewrite looks for).
+fn cached_attention_mask(
+    s: &mut Scope,
+    context: usize,
+    input_ids: Value,
+    cache: &CacheInputs,
+) -> Value {
+    let total = s.dim(cache.attention_mask, 1);
+    let new = s.dim(input_ids, 1);
+    let past = s.sub(total, new);
+    let zero = s.scalar_i64(0);
+    let query_slots = s.range(past, total);
+    let key_slots = s.range(zero, total);
+    let causal = causal_mask(s, context, query_slots, key_slots);
+    let not_padding = s.cast(cache.attention_mask, DataType::Bool);
+    let not_padding = s.unsqueeze(not_padding, &[1, 2]);
+    s.and(causal, not_padding)
+}
+
+fn transformer_block(
+    s: &mut Scope,
+    x: Value,
+    keep: Value,
+    past: Option<KeyValue>,
+    cfg: &GptConfig,
+) -> Result<(Value, Option<KeyValue>)> {
     let h = layer_norm(&mut s.pp("ln_1"), x, cfg.emb_dim)?;
-    let a = causal_self_attention(&mut s.pp("attn"), h, keep, cfg)?;
+    let (a, present) = causal_self_attention(&mut s.pp("attn"), h, keep, past, cfg)?;
     let x = s.add(x, a);
     let h = layer_norm(&mut s.pp("ln_2"), x, cfg.emb_dim)?;
     let m = feed_forward(&mut s.pp("mlp"), h, cfg)?;
-    Ok(s.add(x, m))
+    Ok((s.add(x, m), present))
 }
 
 fn layer_norm(s: &mut Scope, x: Value, dim: usize) -> Result<Value> {
@@ -150,33 +304,55 @@ fn residual_std(cfg: &GptConfig) -> f32 {
     INIT_STD / (2.0 * cfg.n_layers as f32).sqrt()
 }
 
-/// softmax(q k^T / sqrt(d_head), causal) v, per head, then the output projection.
-fn causal_self_attention(s: &mut Scope, x: Value, keep: Value, cfg: &GptConfig) -> Result<Value> {
-    let (e, heads, d_head) = (cfg.emb_dim, cfg.n_heads as i64, cfg.head_dim() as i64);
+/// `[B, T, E] -> [B, H, T, Dh]`
+fn split_heads(s: &mut Scope, x: Value, cfg: &GptConfig) -> Value {
+    let x = s.reshape(x, &[0, 0, cfg.n_heads as i64, cfg.head_dim() as i64]);
+    s.transpose(x, &[0, 2, 1, 3])
+}
+
+/// `[B, H, T, Dh] -> [B, T, E]`
+fn merge_heads(s: &mut Scope, x: Value, cfg: &GptConfig) -> Value {
+    let x = s.transpose(x, &[0, 2, 1, 3]);
+    s.reshape(x, &[0, 0, cfg.emb_dim as i64])
+}
+
+/// softmax(q k^T / sqrt(d_head), masked) v, per head, then the output projection.
+/// With a cache, keys and values are the past ones followed by this step's: those are `present`.
+fn causal_self_attention(
+    s: &mut Scope,
+    x: Value,
+    keep: Value,
+    past: Option<KeyValue>,
+    cfg: &GptConfig,
+) -> Result<(Value, Option<KeyValue>)> {
+    let e = cfg.emb_dim;
     let q = linear(&mut s.pp("q_proj"), x, e, e, cfg.qkv_bias, INIT_STD)?;
     let k = linear(&mut s.pp("k_proj"), x, e, e, cfg.qkv_bias, INIT_STD)?;
     let v = linear(&mut s.pp("v_proj"), x, e, e, cfg.qkv_bias, INIT_STD)?;
+    let q = split_heads(s, q, cfg);
+    let mut kv = KeyValue {
+        key: split_heads(s, k, cfg),
+        value: split_heads(s, v, cfg),
+    };
+    let present = past.map(|past| {
+        kv = KeyValue {
+            key: s.concat(&[past.key, kv.key], 2),
+            value: s.concat(&[past.value, kv.value], 2),
+        };
+        kv
+    });
 
-    // [B, T, E] -> [B, T, H, Dh] -> [B, H, T, Dh]; keys go straight to [B, H, Dh, T].
-    let q = s.reshape(q, &[0, 0, heads, d_head]);
-    let q = s.transpose(q, &[0, 2, 1, 3]);
-    let k = s.reshape(k, &[0, 0, heads, d_head]);
-    let k_t = s.transpose(k, &[0, 2, 3, 1]);
-    let v = s.reshape(v, &[0, 0, heads, d_head]);
-    let v = s.transpose(v, &[0, 2, 1, 3]);
-
+    let k_t = s.transpose(kv.key, &[0, 1, 3, 2]);
     let scores = s.matmul(q, k_t);
-    let scale = s.scalar_f32(1.0 / (d_head as f32).sqrt());
+    let scale = s.scalar_f32(1.0 / (cfg.head_dim() as f32).sqrt());
     let scores = s.mul(scores, scale);
     let masked = s.scalar_f32(f32::MIN);
     let scores = s.where_(keep, scores, masked);
     let attention = s.softmax_last_axis(scores);
-    let context = s.matmul(attention, v);
-
-    // [B, H, T, Dh] -> [B, T, H, Dh] -> [B, T, E]
-    let context = s.transpose(context, &[0, 2, 1, 3]);
-    let context = s.reshape(context, &[0, 0, e as i64]);
-    linear(&mut s.pp("c_proj"), context, e, e, true, residual_std(cfg))
+    let context = s.matmul(attention, kv.value);
+    let context = merge_heads(s, context, cfg);
+    let out = linear(&mut s.pp("c_proj"), context, e, e, true, residual_std(cfg))?;
+    Ok((out, present))
 }
 
 /// `emb -> 4 emb -> GELU(tanh) -> emb`.

@@ -10,7 +10,7 @@ pub mod onnx;
 pub mod weights;
 
 pub use config::{GptConfig, ParameterCount};
-pub use gpt2::build_model;
+pub use gpt2::{build_model, GraphOptions};
 pub use weights::{Init, NamedTensor, RandomInit, Recording, TensorMap, WeightSource};
 
 use std::path::PathBuf;

@@ -6,13 +6,27 @@ use std::sync::Arc;
 use ndarray::{Array2, Array3, Ix3};
 use tract_onnx::prelude::*;
 
-use super::Runtime;
+use super::{check_input_layout, InputRole, Runtime, Step};
 use crate::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// One optimized plan for every step: symbols (`batch_size`, `sequence_length`,
+/// `past_sequence_length`) are bound from the input shapes at each run.
 pub struct TractRuntime {
     plan: Plan,
+    roles: Vec<InputRole>,
+    logits_output: usize,
+    cache: Option<Cache>,
+}
+
+/// The explicit KV cache: last run's `present` tensors, fed back as the next run's `past`.
+struct Cache {
+    heads: usize,
+    head_dim: usize,
+    /// Output index of `present.{i}.key` and `present.{i}.value`, per layer.
+    present_outputs: Vec<(usize, usize)>,
+    past: Vec<(TValue, TValue)>,
 }
 
 fn tract_error(context: &str) -> impl Fn(TractError) -> Error + '_ {
@@ -49,13 +63,79 @@ impl TractRuntime {
 
     fn from_inference_model(model: InferenceModel) -> Result<TractRuntime> {
         use_all_cores();
-        let plan = model
+        let inputs = model.input_outlets().map_err(tract_error("inputs"))?;
+        let roles = inputs
+            .iter()
+            .map(|o| InputRole::of(&model.node(o.node).name))
+            .collect::<Result<Vec<_>>>()?;
+        let (has_cache, layers) = check_input_layout(&roles)?;
+        let model = model
             .into_optimized()
-            .map_err(tract_error("optimizing the model"))?
+            .map_err(tract_error("optimizing the model"))?;
+        let output_names: Vec<String> = model
+            .output_outlets()
+            .map_err(tract_error("outputs"))?
+            .iter()
+            .map(|o| model.outlet_label(*o).unwrap_or_default().to_string())
+            .collect();
+        let output = |name: &str| {
+            output_names
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| Error::Input(format!("the model has no `{name}` output")))
+        };
+        let logits_output = output("logits")?;
+        let cache = if has_cache {
+            let key_input = roles
+                .iter()
+                .position(|r| *r == InputRole::PastKey(0))
+                .unwrap_or(0);
+            let shape = &model
+                .input_fact(key_input)
+                .map_err(tract_error("inputs"))?
+                .shape;
+            let fixed = |axis: usize| {
+                shape
+                    .get(axis)
+                    .and_then(|d| d.to_i64().ok())
+                    .map(|d| d as usize)
+            };
+            let (Some(heads), Some(head_dim)) = (fixed(1), fixed(3)) else {
+                return Err(Error::Input(
+                    "past_key_values.0.key must have fixed n_heads and head_dim dims".into(),
+                ));
+            };
+            let present_outputs = (0..layers)
+                .map(|i| {
+                    Ok((
+                        output(&format!("present.{i}.key"))?,
+                        output(&format!("present.{i}.value"))?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Cache {
+                heads,
+                head_dim,
+                present_outputs,
+                past: Vec::new(),
+            })
+        } else {
+            None
+        };
+        let plan = model
             .into_runnable()
             .map_err(tract_error("planning the model"))?;
-        Ok(TractRuntime { plan })
+        Ok(TractRuntime {
+            plan,
+            roles,
+            logits_output,
+            cache,
+        })
     }
+}
+
+fn tensor_of(array: &Array2<i64>) -> TValue {
+    Tensor::from(array.clone()).into()
 }
 
 impl Runtime for TractRuntime {
@@ -63,13 +143,53 @@ impl Runtime for TractRuntime {
         "tract".into()
     }
 
-    fn forward(&mut self, input_ids: &Array2<i64>) -> Result<Array3<f32>> {
-        let input = Tensor::from(input_ids.clone());
-        let outputs = self
-            .plan
-            .run(tvec!(input.into()))
-            .map_err(tract_error("running"))?;
-        let logits = outputs[0]
+    fn has_cache(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    fn reset(&mut self) {
+        if let Some(cache) = &mut self.cache {
+            cache.past.clear();
+        }
+    }
+
+    fn run(&mut self, step: &Step) -> Result<Array3<f32>> {
+        let batch = step.input_ids.nrows();
+        let needs = |what: Option<&Array2<i64>>, name: &str| {
+            what.map(tensor_of)
+                .ok_or_else(|| Error::Input(format!("a KV-cache model needs {name}")))
+        };
+        let empty_past = |c: &Cache| -> TValue {
+            Tensor::zero::<f32>(&[batch, c.heads, 0, c.head_dim])
+                .expect("empty tensor")
+                .into()
+        };
+        let mut inputs = TVec::new();
+        for role in &self.roles {
+            inputs.push(match (role, &self.cache) {
+                (InputRole::InputIds, _) => tensor_of(step.input_ids),
+                (InputRole::AttentionMask, _) => needs(step.attention_mask, "attention_mask")?,
+                (InputRole::PositionIds, _) => needs(step.position_ids, "position_ids")?,
+                (InputRole::PastKey(i), Some(c)) => c
+                    .past
+                    .get(*i)
+                    .map_or_else(|| empty_past(c), |kv| kv.0.clone()),
+                (InputRole::PastValue(i), Some(c)) => c
+                    .past
+                    .get(*i)
+                    .map_or_else(|| empty_past(c), |kv| kv.1.clone()),
+                (_, None) => unreachable!("cache inputs imply a cache"),
+            });
+        }
+        let outputs = self.plan.run(inputs).map_err(tract_error("running"))?;
+        if let Some(cache) = &mut self.cache {
+            cache.past = cache
+                .present_outputs
+                .iter()
+                .map(|&(k, v)| (outputs[k].clone(), outputs[v].clone()))
+                .collect();
+        }
+        let logits = outputs[self.logits_output]
             .to_plain_array_view::<f32>()
             .map_err(tract_error("reading logits"))?
             .into_dimensionality::<Ix3>()
@@ -85,6 +205,13 @@ pub struct InferredTensor {
     pub name: String,
     pub dtype: String,
     pub dims: Vec<String>,
+}
+
+/// A dim written as a sum of terms, in a canonical order: `"b + a"` and `"a+b"` agree.
+pub fn canonical_dim(dim: &str) -> String {
+    let mut terms: Vec<&str> = dim.split('+').map(str::trim).collect();
+    terms.sort_unstable();
+    terms.join("+")
 }
 
 fn onnx_dtype_name(dt: DatumType) -> String {
@@ -110,7 +237,11 @@ pub fn inferred_io(bytes: &[u8]) -> Result<(Vec<InferredTensor>, Vec<InferredTen
     let describe = |name: String, fact: &TypedFact| InferredTensor {
         name,
         dtype: onnx_dtype_name(fact.datum_type),
-        dims: fact.shape.iter().map(|d| d.to_string()).collect(),
+        dims: fact
+            .shape
+            .iter()
+            .map(|d| canonical_dim(&d.to_string()))
+            .collect(),
     };
     let mut inputs = Vec::new();
     for (ix, outlet) in model

@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use gptc_graph::{build_model, file, GptConfig, RandomInit, Recording, TensorMap};
-use ndarray::{Array2, Array3};
+use gptc::reference::{argmax, Reference};
+use gptc_graph::{build_model, file, GptConfig, GraphOptions, RandomInit, Recording, TensorMap};
+use ndarray::{s, Array1, Array2, Array3};
 
 /// A small GPT-2: the real vocabulary and tokenizer, a few narrow layers.
 pub fn tiny_config(n_layers: usize, qkv_bias: bool) -> GptConfig {
@@ -20,14 +21,37 @@ pub fn tiny_config(n_layers: usize, qkv_bias: bool) -> GptConfig {
     }
 }
 
-/// The encoded model and every weight it was built with.
+pub const PLAIN: GraphOptions = GraphOptions {
+    kv_cache: false,
+    last_token_logits: false,
+};
+pub const PLAIN_LAST: GraphOptions = GraphOptions {
+    kv_cache: false,
+    last_token_logits: true,
+};
+pub const CACHE: GraphOptions = GraphOptions {
+    kv_cache: true,
+    last_token_logits: false,
+};
+pub const CACHE_LAST: GraphOptions = GraphOptions {
+    kv_cache: true,
+    last_token_logits: true,
+};
+pub const ALL_VARIANTS: [GraphOptions; 4] = [PLAIN, PLAIN_LAST, CACHE, CACHE_LAST];
+
+/// The encoded model (plain graph) and every weight it was built with.
 pub fn compile(config: &GptConfig, seed: u64) -> (Vec<u8>, TensorMap) {
+    compile_with(config, PLAIN, seed)
+}
+
+pub fn compile_with(config: &GptConfig, options: GraphOptions, seed: u64) -> (Vec<u8>, TensorMap) {
     let mut init = RandomInit { seed };
     let mut recording = Recording {
         source: &mut init,
         seen: TensorMap::default(),
     };
-    let model = build_model(config, &mut recording, Some(seed)).expect("tiny configs build");
+    let model =
+        build_model(config, options, &mut recording, Some(seed)).expect("tiny configs build");
     (file::encode(&model), recording.seen)
 }
 
@@ -81,4 +105,24 @@ pub fn stdout(out: &Output) -> String {
 /// Fails the test with gptc's stderr when gptc failed.
 pub fn assert_success(out: &Output) {
     assert!(out.status.success(), "gptc failed: {}", stderr(out));
+}
+
+/// The book's `generate_text_simple` on the reference forward, also keeping each step's logits.
+pub fn reference_greedy(
+    reference: &Reference,
+    prompt: &[i64],
+    new_tokens: usize,
+    context: usize,
+) -> (Vec<i64>, Vec<Array1<f32>>) {
+    let mut ids = prompt.to_vec();
+    let mut logits_seen = Vec::new();
+    for _ in 0..new_tokens {
+        let window = ids[ids.len().saturating_sub(context)..].to_vec();
+        let input = Array2::from_shape_vec((1, window.len()), window).unwrap();
+        let logits = reference.logits(&input).unwrap();
+        let last = logits.slice(s![0, -1, ..]).to_owned();
+        ids.push(argmax(last.view()) as i64);
+        logits_seen.push(last);
+    }
+    (ids.split_off(prompt.len()), logits_seen)
 }
