@@ -34,3 +34,45 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
+
+use ndarray::ArrayView1;
+
+use crate::generate::generate;
+use crate::reference::argmax;
+use crate::runtime::Runtime;
+use crate::Result;
+
+/// Seconds from the start of `generate` to the first new token: the prefill of `prompt` (for a
+/// plain graph, its one full forward).
+pub fn prefill_seconds(runtime: &mut dyn Runtime, prompt: &[i64], context: usize) -> Result<f64> {
+    let start = Instant::now();
+    generate(runtime, &[prompt.to_vec()], 1, context, |_, logits| {
+        Ok(argmax(logits) as i64)
+    })?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Decode speed in tokens/s: `new_tokens` greedy tokens after `prompt`, timed from the first
+/// token (after the prefill) to the last.
+pub fn decode_tokens_per_second(
+    runtime: &mut dyn Runtime,
+    prompt: &[i64],
+    new_tokens: usize,
+    context: usize,
+) -> Result<f64> {
+    let mut stamps = Vec::with_capacity(new_tokens);
+    generate(
+        runtime,
+        &[prompt.to_vec()],
+        new_tokens,
+        context,
+        |_, logits: ArrayView1<f32>| {
+            stamps.push(Instant::now());
+            Ok(argmax(logits) as i64)
+        },
+    )?;
+    let (Some(first), Some(last)) = (stamps.first(), stamps.last()) else {
+        return Ok(0.0);
+    };
+    Ok((stamps.len() - 1) as f64 / last.duration_since(*first).as_secs_f64())
+}

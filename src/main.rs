@@ -184,10 +184,18 @@ struct InspectArgs {
 struct BenchArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    #[arg(long, default_value = "Hello, I am")]
-    prompt: String,
-    #[arg(long, default_value_t = 32)]
+    /// Prompt lengths whose prefill is timed.
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 128, 1024])]
+    prefill: Vec<usize>,
+    /// Tokens decoded with the KV cache.
+    #[arg(long, default_value_t = 128)]
     new_tokens: usize,
+    /// Tokens decoded without a cache (0 skips that run).
+    #[arg(long, default_value_t = 128)]
+    plain_tokens: usize,
+    /// Keep the exported file in this folder (for other runtimes to time the same file).
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 fn main() {
@@ -355,11 +363,20 @@ fn inspect(args: InspectArgs) -> Result<()> {
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
-    use gptc::bench::read_bandwidth;
+    use gptc::bench::{decode_tokens_per_second, median, prefill_seconds, read_bandwidth};
     let config = args.config.resolve()?;
     let count = ParameterCount::of(&config);
+    let ctx = config.context_length;
     let gb = |bytes: f64| bytes / 1e9;
-    let path = std::env::temp_dir().join(format!("gptc-bench-{}.onnx", std::process::id()));
+    let peak = || gb(gptc::peak_rss_bytes().unwrap_or(0) as f64);
+    let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!("gptc-bench-{}.onnx", std::process::id()));
+    println!(
+        "model       {} layers, emb {}, {} parameters",
+        config.n_layers,
+        config.emb_dim,
+        inspect::thousands(count.total())
+    );
 
     let start = Instant::now();
     let options = GraphOptions {
@@ -371,56 +388,72 @@ fn bench(args: BenchArgs) -> Result<()> {
     file::write_model(&path, &model)?;
     drop(model);
     let export_s = start.elapsed().as_secs_f64();
-    let export_peak = gptc::peak_rss_bytes().unwrap_or(0) as f64;
-    let file_bytes = std::fs::metadata(&path)?.len() as f64;
-    println!(
-        "export      {:.2} s, peak RSS {:.2} GB, file {:.1} MB ({} parameters)",
-        export_s,
-        gb(export_peak),
-        file_bytes / 1e6,
-        inspect::thousands(count.total())
-    );
+    let file_mb = std::fs::metadata(&path)?.len() as f64 / 1e6;
+    println!("export      {export_s:.2} s, peak RSS {:.2} GB, file {file_mb:.1} MB (KV cache, last-token logits)", peak());
 
     let start = Instant::now();
     let runtime = TractRuntime::from_path(&path);
-    let _ = std::fs::remove_file(&path);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_file(&path);
+    } else {
+        println!("file        {}", path.display());
+    }
     let mut runtime = runtime?;
     println!(
         "tract load  {:.2} s (parse, optimize, plan)",
         start.elapsed().as_secs_f64()
     );
 
-    let prompt_ids = Tokenizer::gpt2().encode(&args.prompt);
-    let start = Instant::now();
-    let new_ids = gptc::generate::greedy(
-        &mut runtime,
-        &prompt_ids,
+    let prompt = |n: usize| -> Vec<i64> { (0..n as i64).map(|i| (i * 7919) % 50000).collect() };
+    for n in args.prefill.iter().copied().filter(|&n| n <= ctx) {
+        let times = (0..3)
+            .map(|_| prefill_seconds(&mut runtime, &prompt(n), ctx))
+            .collect::<gptc::Result<Vec<_>>>()?;
+        println!(
+            "prefill     {n:>5} tokens: {:8.1} ms (median of 3)",
+            median(times) * 1e3
+        );
+    }
+    let cached = decode_tokens_per_second(&mut runtime, &prompt(16), args.new_tokens, ctx)?;
+    println!(
+        "decode      {} tokens after 16, KV cache: {cached:.1} tokens/s ({:.1} ms/token)",
         args.new_tokens,
-        config.context_length,
-    )?;
-    let decode_s = start.elapsed().as_secs_f64();
-    let tokens_per_s = new_ids.len() as f64 / decode_s;
-    println!(
-        "generate    {} new tokens after a {}-token prompt, no KV cache: {:.2} s, {:.1} tokens/s",
-        new_ids.len(),
-        prompt_ids.len(),
-        decode_s,
-        tokens_per_s
+        1e3 / cached
     );
     println!(
-        "peak RSS    {:.2} GB (whole run)",
-        gb(gptc::peak_rss_bytes().unwrap_or(0) as f64)
+        "peak RSS    {:.2} GB (export + tract with the cache model)",
+        peak()
     );
+    drop(runtime);
+
+    if args.plain_tokens > 0 {
+        let options = GraphOptions {
+            kv_cache: false,
+            last_token_logits: true,
+        };
+        let model =
+            gptc_graph::build_model(&config, options, &mut RandomInit { seed: 123 }, Some(123))?;
+        let mut plain = TractRuntime::from_bytes(&file::encode(&model))?;
+        drop(model);
+        let uncached = decode_tokens_per_second(&mut plain, &prompt(16), args.plain_tokens, ctx)?;
+        println!(
+            "decode      {} tokens after 16, no cache: {uncached:.1} tokens/s ({:.2}x slower)",
+            args.plain_tokens,
+            cached / uncached
+        );
+    }
 
     let bandwidth = read_bandwidth(1 << 30, 5);
-    let weight_bytes = (count.total() * 4) as f64;
-    let limit = bandwidth / weight_bytes;
+    // A decode step reads every matrix once; of the embeddings only one row each, unless the
+    // head is the token embedding itself.
+    let read_per_token =
+        ((count.total() - count.token_embedding - count.position_embedding) * 4) as f64;
+    let limit = bandwidth / read_per_token;
     println!(
-        "bandwidth   {:.1} GB/s read; one pass over {:.0} MB of weights per token bounds decode at {:.1} tokens/s; this run: {:.2}x that",
+        "bandwidth   {:.1} GB/s read; {:.0} MB of weights per token bound decode at {limit:.1} tokens/s; KV-cache decode reached {:.2}x that",
         gb(bandwidth),
-        weight_bytes / 1e6,
-        limit,
-        tokens_per_s / limit
+        read_per_token / 1e6,
+        cached / limit
     );
     Ok(())
 }

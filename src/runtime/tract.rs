@@ -43,6 +43,10 @@ pub fn use_all_cores() {
                 tract_linalg::multithread::Executor::multithread(cores),
             );
         }
+        // tract threads a matmul from 2^21 multiply-adds on; a decode step's q/k/v and output
+        // projections (emb^2 = 0.6M for gpt2-small) then run on one core. From 2^18 on they
+        // are split too: 31.6 -> 38.3 tokens/s for gpt2-small decode (BENCHMARKS.md).
+        tract_linalg::multithread::set_threading_mac_threshold(1 << 18);
     });
 }
 
