@@ -46,9 +46,7 @@ use crate::Result;
 /// plain graph, its one full forward).
 pub fn prefill_seconds(runtime: &mut dyn Runtime, prompt: &[i64], context: usize) -> Result<f64> {
     let start = Instant::now();
-    generate(runtime, &[prompt.to_vec()], 1, context, |_, logits| {
-        Ok(argmax(logits) as i64)
-    })?;
+    generate(runtime, &[prompt.to_vec()], 1, context, |_, logits| Ok(argmax(logits) as i64))?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -61,16 +59,10 @@ pub fn decode_tokens_per_second(
     context: usize,
 ) -> Result<f64> {
     let mut stamps = Vec::with_capacity(new_tokens);
-    generate(
-        runtime,
-        &[prompt.to_vec()],
-        new_tokens,
-        context,
-        |_, logits: ArrayView1<f32>| {
-            stamps.push(Instant::now());
-            Ok(argmax(logits) as i64)
-        },
-    )?;
+    generate(runtime, &[prompt.to_vec()], new_tokens, context, |_, logits: ArrayView1<f32>| {
+        stamps.push(Instant::now());
+        Ok(argmax(logits) as i64)
+    })?;
     let (Some(first), Some(last)) = (stamps.first(), stamps.last()) else {
         return Ok(0.0);
     };

@@ -50,11 +50,7 @@ pub fn generate(
             }
         }
     }
-    Ok(sequences
-        .iter()
-        .zip(prompts)
-        .map(|(all, prompt)| all[prompt.len()..].to_vec())
-        .collect())
+    Ok(sequences.iter().zip(prompts).map(|(all, prompt)| all[prompt.len()..].to_vec()).collect())
 }
 
 /// Greedy decoding of one prompt: the argmax of each step's last logits.
@@ -64,13 +60,9 @@ pub fn greedy(
     max_new_tokens: usize,
     context: usize,
 ) -> Result<Vec<i64>> {
-    let mut rows = generate(
-        runtime,
-        &[prompt.to_vec()],
-        max_new_tokens,
-        context,
-        |_, logits| Ok(argmax(logits) as i64),
-    )?;
+    let mut rows = generate(runtime, &[prompt.to_vec()], max_new_tokens, context, |_, logits| {
+        Ok(argmax(logits) as i64)
+    })?;
     Ok(rows.remove(0))
 }
 
@@ -105,10 +97,8 @@ impl CacheState {
     fn next_step(&mut self, sequences: &[Vec<i64>], context: usize) -> (OwnedStep, bool) {
         let batch = sequences.len();
         if self.slots == 0 || self.slots + 1 > context {
-            let windows: Vec<&[i64]> = sequences
-                .iter()
-                .map(|s| &s[s.len().saturating_sub(context)..])
-                .collect();
+            let windows: Vec<&[i64]> =
+                sequences.iter().map(|s| &s[s.len().saturating_sub(context)..]).collect();
             let width = windows.iter().map(|w| w.len()).max().unwrap_or(0);
             let mut input_ids = Array2::from_elem((batch, width), PAD_ID);
             let mut attention_mask = Array2::zeros((batch, width));
@@ -124,14 +114,7 @@ impl CacheState {
             self.slots = width;
             self.attention_mask = attention_mask.outer_iter().map(|r| r.to_vec()).collect();
             self.last_position = windows.iter().map(|w| w.len() as i64 - 1).collect();
-            return (
-                OwnedStep {
-                    input_ids,
-                    attention_mask,
-                    position_ids,
-                },
-                true,
-            );
+            return (OwnedStep { input_ids, attention_mask, position_ids }, true);
         }
         self.slots += 1;
         for (mask, position) in self.attention_mask.iter_mut().zip(&mut self.last_position) {
@@ -144,13 +127,6 @@ impl CacheState {
         let attention_mask =
             Array2::from_shape_fn((batch, self.slots), |(row, j)| self.attention_mask[row][j]);
         let position_ids = Array2::from_shape_fn((batch, 1), |(row, _)| self.last_position[row]);
-        (
-            OwnedStep {
-                input_ids,
-                attention_mask,
-                position_ids,
-            },
-            false,
-        )
+        (OwnedStep { input_ids, attention_mask, position_ids }, false)
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use gptc_graph::onnx::{DataType, Dim, ModelProto, ValueInfoProto};
+use gptc_graph::onnx::{DataType, Dim, ModelProto, TensorProto, ValueInfoProto};
 use gptc_graph::{GptConfig, ParameterCount};
 
 /// `1234567` -> `1,234,567`
@@ -23,27 +23,18 @@ pub fn parameter_table(config: &GptConfig) -> String {
     let c = ParameterCount::of(config);
     let mut rows: Vec<(String, String)> = vec![
         ("token embedding (wte)".into(), thousands(c.token_embedding)),
-        (
-            "position embedding (wpe)".into(),
-            thousands(c.position_embedding),
-        ),
+        ("position embedding (wpe)".into(), thousands(c.position_embedding)),
         (format!("per block (x{})", c.n_blocks), String::new()),
         ("  attention".into(), thousands(c.per_block_attention)),
         ("  feed-forward".into(), thousands(c.per_block_feed_forward)),
         ("  layer norms".into(), thousands(c.per_block_norms)),
         ("  block total".into(), thousands(c.per_block())),
-        (
-            format!("all {} blocks", c.n_blocks),
-            thousands(c.n_blocks * c.per_block()),
-        ),
+        (format!("all {} blocks", c.n_blocks), thousands(c.n_blocks * c.per_block())),
         ("final norm (ln_f)".into(), thousands(c.final_norm)),
         ("output head (lm_head)".into(), thousands(c.output_head)),
         ("total".into(), thousands(c.total())),
         ("total with weight tying".into(), thousands(c.total_tied())),
-        (
-            "size in float32".into(),
-            format!("{:.2} MB", c.megabytes_f32()),
-        ),
+        ("size in float32".into(), format!("{:.2} MB", c.megabytes_f32())),
     ];
     rows.insert(0, ("part".into(), "parameters".into()));
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
@@ -58,32 +49,38 @@ pub fn parameter_table(config: &GptConfig) -> String {
 fn signature(v: &ValueInfoProto) -> String {
     match v.tensor_signature() {
         Some((dtype, dims)) => {
-            let dims: Vec<String> = dims
-                .iter()
-                .map(|d| d.as_ref().map_or("?".to_string(), Dim::to_string))
-                .collect();
+            let dims: Vec<String> =
+                dims.iter().map(|d| d.as_ref().map_or("?".to_string(), Dim::to_string)).collect();
             format!("{} {} [{}]", v.name, dtype.onnx_name(), dims.join(", "))
         }
         None => format!("{} (not a tensor)", v.name),
     }
 }
 
+/// The weights of a model: float initializers of rank >= 1 (scalars and int64 shapes are
+/// constants of the graph's logic).
+fn weight_tensors(model: &ModelProto) -> Vec<&TensorProto> {
+    let Some(graph) = &model.graph else { return Vec::new() };
+    graph
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == DataType::Float as i32 && !t.dims.is_empty())
+        .collect()
+}
+
+/// How many weight values a model stores.
+pub fn weight_values(model: &ModelProto) -> usize {
+    weight_tensors(model).iter().map(|t| t.dims.iter().product::<i64>() as usize).sum()
+}
+
 /// Opset, inputs and outputs with their dims, node counts by op type, stored parameters.
 pub fn file_report(model: &ModelProto) -> String {
     let mut out = String::new();
     for opset in &model.opset_import {
-        let domain = if opset.domain.is_empty() {
-            "ai.onnx"
-        } else {
-            &opset.domain
-        };
+        let domain = if opset.domain.is_empty() { "ai.onnx" } else { &opset.domain };
         let _ = writeln!(out, "opset {domain} {}", opset.version);
     }
-    let _ = writeln!(
-        out,
-        "producer {} {}",
-        model.producer_name, model.producer_version
-    );
+    let _ = writeln!(out, "producer {} {}", model.producer_name, model.producer_version);
     let Some(graph) = &model.graph else {
         return out;
     };
@@ -101,22 +98,9 @@ pub fn file_report(model: &ModelProto) -> String {
     for (op, count) in ops {
         let _ = writeln!(out, "  {op:<20} {count:>5}");
     }
-    // Weights are the float initializers of rank >= 1; scalars and int64 shapes are constants.
-    let weights: Vec<_> = graph
-        .initializer
-        .iter()
-        .filter(|t| t.data_type == DataType::Float as i32 && !t.dims.is_empty())
-        .collect();
-    let values: usize = weights
-        .iter()
-        .map(|t| t.dims.iter().product::<i64>() as usize)
-        .sum();
-    let _ = writeln!(
-        out,
-        "weights {} values in {} tensors",
-        thousands(values),
-        weights.len()
-    );
+    let weights = weight_tensors(model);
+    let values = weight_values(model);
+    let _ = writeln!(out, "weights {} values in {} tensors", thousands(values), weights.len());
     out
 }
 

@@ -3,6 +3,7 @@
 //! Knows runtimes, not ONNX internals: graphs come from the `gptc-graph` crate.
 
 pub mod bench;
+pub mod check;
 pub mod generate;
 pub mod inspect;
 pub mod reference;

@@ -8,17 +8,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use gptc::inspect;
+use gptc::runtime::ort::{Device, OrtRuntime};
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::Runtime;
 use gptc::tokenizer::Tokenizer;
 use gptc_graph::{file, GptConfig, GraphOptions, ParameterCount, RandomInit};
 
 #[derive(Parser)]
-#[command(
-    name = "gptc",
-    version,
-    about = "Compile GPT-2 to ONNX and generate text with it"
-)]
+#[command(name = "gptc", version, about = "Compile GPT-2 to ONNX and generate text with it")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,6 +31,17 @@ enum Command {
     Inspect(InspectArgs),
     /// Measure export, load and generation speed, and the machine's memory bandwidth.
     Bench(BenchArgs),
+    /// Check that a model file holds the graph gptc promises for its config (exit 1 if not).
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The .onnx file to check.
+    model: PathBuf,
+    /// The config to check against; by default the one stored in the file.
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// Which model: a preset or a JSON config, with single fields overridden by flags.
@@ -120,10 +128,7 @@ struct GraphArgs {
 
 impl GraphArgs {
     fn options(self) -> GraphOptions {
-        GraphOptions {
-            kv_cache: !self.no_kv_cache,
-            last_token_logits: self.last_token_logits,
-        }
+        GraphOptions { kv_cache: !self.no_kv_cache, last_token_logits: self.last_token_logits }
     }
 }
 
@@ -141,10 +146,12 @@ struct ExportArgs {
     output: PathBuf,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum RuntimeKind {
     /// tract: pure Rust, CPU, nothing to install.
     Tract,
+    /// ONNX Runtime (libonnxruntime from ORT_DYLIB_PATH or a pip-installed onnxruntime).
+    Ort,
 }
 
 #[derive(Args)]
@@ -164,11 +171,17 @@ struct GenerateArgs {
     no_kv_cache: bool,
     #[arg(long, value_enum, default_value = "tract")]
     runtime: RuntimeKind,
+    /// Where ONNX Runtime runs (`--runtime ort` only).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
     #[arg(long, default_value_t = 10)]
     max_new_tokens: usize,
-    /// Print one JSON object (prompt, prompt_ids, output_ids, text) instead of the text.
+    /// Print one JSON object (prompt, prompt_ids, output_ids, text, runtime) instead of the text.
     #[arg(long)]
     json: bool,
+    /// With --json: also each step's last-position logits (`step_logits`), for cross-checks.
+    #[arg(long, requires = "json")]
+    with_logits: bool,
 }
 
 #[derive(Args)]
@@ -215,6 +228,7 @@ fn main() {
         Command::Generate(args) => generate(args),
         Command::Inspect(args) => inspect(args),
         Command::Bench(args) => bench(args),
+        Command::Check(args) => check(args),
     };
     if let Err(e) = result {
         let message = format!("{e:#}").replace('\n', " ");
@@ -250,8 +264,12 @@ fn load_runtime(
     config_args: &ConfigArgs,
     seed: u64,
     options: GraphOptions,
-    _kind: RuntimeKind,
+    kind: RuntimeKind,
+    device: Device,
 ) -> Result<(Box<dyn Runtime>, GptConfig)> {
+    if kind == RuntimeKind::Tract && device != Device::Cpu {
+        bail!("tract runs on the CPU only: use --runtime ort for --device cuda or auto");
+    }
     let (bytes, config) = match model {
         Some(path) => {
             let bytes =
@@ -274,8 +292,11 @@ fn load_runtime(
             (file::encode(&model), config)
         }
     };
-    let runtime = TractRuntime::from_bytes(&bytes)?;
-    Ok((Box::new(runtime), config))
+    let runtime: Box<dyn Runtime> = match kind {
+        RuntimeKind::Tract => Box::new(TractRuntime::from_bytes(&bytes)?),
+        RuntimeKind::Ort => Box::new(OrtRuntime::from_bytes(&bytes, device)?),
+    };
+    Ok((runtime, config))
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
@@ -285,42 +306,46 @@ fn generate(args: GenerateArgs) -> Result<()> {
         bail!("the prompt is empty: give some text to continue");
     }
     // Generating reads only the last position's logits.
-    let options = GraphOptions {
-        kv_cache: !args.no_kv_cache,
-        last_token_logits: true,
-    };
+    let options = GraphOptions { kv_cache: !args.no_kv_cache, last_token_logits: true };
     let (mut runtime, config) = load_runtime(
         args.model.as_deref(),
         &args.config,
         args.seed,
         options,
         args.runtime,
+        args.device,
     )?;
-    if let Some(&id) = prompt_ids
-        .iter()
-        .find(|&&id| id as usize >= config.vocab_size)
-    {
-        bail!(
-            "prompt token {id} is outside the model's vocabulary of {}",
-            config.vocab_size
-        );
+    if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= config.vocab_size) {
+        bail!("prompt token {id} is outside the model's vocabulary of {}", config.vocab_size);
     }
-    let new_ids = gptc::generate::greedy(
+    let mut step_logits: Vec<Vec<f32>> = Vec::new();
+    let new_ids = gptc::generate::generate(
         runtime.as_mut(),
-        &prompt_ids,
+        std::slice::from_ref(&prompt_ids),
         args.max_new_tokens,
         config.context_length,
-    )?;
+        |_, logits| {
+            if args.with_logits {
+                step_logits.push(logits.to_vec());
+            }
+            Ok(gptc::reference::argmax(logits) as i64)
+        },
+    )?
+    .remove(0);
     let all_ids: Vec<i64> = prompt_ids.iter().chain(&new_ids).copied().collect();
     let text = tokenizer.decode(&all_ids)?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        let object = serde_json::json!({
+        let mut object = serde_json::json!({
             "prompt": args.prompt,
             "prompt_ids": prompt_ids,
             "output_ids": new_ids,
             "text": text,
+            "runtime": runtime.name(),
         });
+        if args.with_logits {
+            object["step_logits"] = serde_json::json!(step_logits);
+        }
         writeln!(stdout, "{object}")?;
     } else {
         writeln!(stdout, "{text}")?;
@@ -379,10 +404,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     );
 
     let start = Instant::now();
-    let options = GraphOptions {
-        kv_cache: true,
-        last_token_logits: true,
-    };
+    let options = GraphOptions { kv_cache: true, last_token_logits: true };
     let model =
         gptc_graph::build_model(&config, options, &mut RandomInit { seed: 123 }, Some(123))?;
     file::write_model(&path, &model)?;
@@ -399,20 +421,14 @@ fn bench(args: BenchArgs) -> Result<()> {
         println!("file        {}", path.display());
     }
     let mut runtime = runtime?;
-    println!(
-        "tract load  {:.2} s (parse, optimize, plan)",
-        start.elapsed().as_secs_f64()
-    );
+    println!("tract load  {:.2} s (parse, optimize, plan)", start.elapsed().as_secs_f64());
 
     let prompt = |n: usize| -> Vec<i64> { (0..n as i64).map(|i| (i * 7919) % 50000).collect() };
     for n in args.prefill.iter().copied().filter(|&n| n <= ctx) {
         let times = (0..3)
             .map(|_| prefill_seconds(&mut runtime, &prompt(n), ctx))
             .collect::<gptc::Result<Vec<_>>>()?;
-        println!(
-            "prefill     {n:>5} tokens: {:8.1} ms (median of 3)",
-            median(times) * 1e3
-        );
+        println!("prefill     {n:>5} tokens: {:8.1} ms (median of 3)", median(times) * 1e3);
     }
     let cached = decode_tokens_per_second(&mut runtime, &prompt(16), args.new_tokens, ctx)?;
     println!(
@@ -420,17 +436,11 @@ fn bench(args: BenchArgs) -> Result<()> {
         args.new_tokens,
         1e3 / cached
     );
-    println!(
-        "peak RSS    {:.2} GB (export + tract with the cache model)",
-        peak()
-    );
+    println!("peak RSS    {:.2} GB (export + tract with the cache model)", peak());
     drop(runtime);
 
     if args.plain_tokens > 0 {
-        let options = GraphOptions {
-            kv_cache: false,
-            last_token_logits: true,
-        };
+        let options = GraphOptions { kv_cache: false, last_token_logits: true };
         let model =
             gptc_graph::build_model(&config, options, &mut RandomInit { seed: 123 }, Some(123))?;
         let mut plain = TractRuntime::from_bytes(&file::encode(&model))?;
@@ -454,6 +464,32 @@ fn bench(args: BenchArgs) -> Result<()> {
         gb(bandwidth),
         read_per_token / 1e6,
         cached / limit
+    );
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let bytes =
+        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let model = file::decode_model(&args.model, &bytes)?;
+    print!("{}", inspect::file_report(&model));
+    let config = match file::stored_config(&model).transpose()? {
+        Some(stored) if !args.config.any_given() => stored,
+        _ if args.config.any_given() => args.config.resolve()?,
+        _ => bail!(
+            "{} has no gptc config in its metadata: pass --preset or --config",
+            args.model.display()
+        ),
+    };
+    let options = gptc::check::check_model(&bytes, &model, &config)?;
+    println!(
+        "ok: inputs and outputs match the config ({}) and tract's shape analysis",
+        match (options.kv_cache, options.last_token_logits) {
+            (false, false) => "plain graph",
+            (false, true) => "plain graph, last-token logits",
+            (true, false) => "KV cache",
+            (true, true) => "KV cache, last-token logits",
+        }
     );
     Ok(())
 }

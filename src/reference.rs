@@ -15,19 +15,13 @@ pub struct Reference<'w> {
 
 impl<'w> Reference<'w> {
     pub fn new(config: &GptConfig, weights: &'w TensorMap) -> Reference<'w> {
-        Reference {
-            config: config.clone(),
-            weights,
-        }
+        Reference { config: config.clone(), weights }
     }
 
     fn matrix(&self, name: &str) -> Result<ArrayView2<'w, f32>> {
         let t = self.weights.get(name)?;
         let [rows, cols] = t.shape[..] else {
-            return Err(Error::Input(format!(
-                "{name}: expected a matrix, got {:?}",
-                t.shape
-            )));
+            return Err(Error::Input(format!("{name}: expected a matrix, got {:?}", t.shape)));
         };
         Ok(ArrayView2::from_shape((rows, cols), &t.data).expect("shape matches data"))
     }
@@ -42,8 +36,7 @@ impl<'w> Reference<'w> {
         let mut out = Array3::zeros((batch, seq, self.config.vocab_size));
         for (b, ids) in input_ids.outer_iter().enumerate() {
             let hidden = self.hidden_states(ids.as_slice().expect("rows are contiguous"))?;
-            out.slice_mut(s![b, .., ..])
-                .assign(&hidden.dot(&self.matrix("lm_head.weight")?.t()));
+            out.slice_mut(s![b, .., ..]).assign(&hidden.dot(&self.matrix("lm_head.weight")?.t()));
         }
         Ok(out)
     }
@@ -59,9 +52,7 @@ impl<'w> Reference<'w> {
         let mut x = Array2::<f32>::zeros((ids.len(), cfg.emb_dim));
         for (t, &id) in ids.iter().enumerate() {
             if id < 0 || id as usize >= cfg.vocab_size {
-                return Err(Error::Input(format!(
-                    "token id {id} outside the vocabulary"
-                )));
+                return Err(Error::Input(format!("token id {id} outside the vocabulary")));
             }
             x.row_mut(t).assign(&(&wte.row(id as usize) + &wpe.row(t)));
         }
@@ -93,11 +84,7 @@ impl<'w> Reference<'w> {
 
     fn linear(&self, x: &Array2<f32>, prefix: &str, bias: bool) -> Result<Array2<f32>> {
         let y = x.dot(&self.matrix(&format!("{prefix}.weight"))?);
-        Ok(if bias {
-            y + self.vector(&format!("{prefix}.bias"))?
-        } else {
-            y
-        })
+        Ok(if bias { y + self.vector(&format!("{prefix}.bias"))? } else { y })
     }
 
     fn attention(&self, x: &Array2<f32>, prefix: &str) -> Result<Array2<f32>> {
@@ -120,9 +107,7 @@ impl<'w> Reference<'w> {
     }
 
     fn feed_forward(&self, x: &Array2<f32>, prefix: &str) -> Result<Array2<f32>> {
-        let h = self
-            .linear(x, &format!("{prefix}.c_fc"), true)?
-            .mapv(gelu_tanh);
+        let h = self.linear(x, &format!("{prefix}.c_fc"), true)?.mapv(gelu_tanh);
         self.linear(&h, &format!("{prefix}.c_proj"), true)
     }
 }

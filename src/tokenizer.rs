@@ -13,18 +13,12 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn gpt2() -> Tokenizer {
-        Tokenizer {
-            bpe: tiktoken_rs::r50k_base_singleton(),
-        }
+        Tokenizer { bpe: tiktoken_rs::r50k_base_singleton() }
     }
 
     /// Encodes text as plain text: `<|endoftext|>` typed in a prompt stays characters.
     pub fn encode(&self, text: &str) -> Vec<i64> {
-        self.bpe
-            .encode_ordinary(text)
-            .into_iter()
-            .map(i64::from)
-            .collect()
+        self.bpe.encode_ordinary(text).into_iter().map(i64::from).collect()
     }
 
     /// Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD.
@@ -32,18 +26,13 @@ impl Tokenizer {
         let ranks = ids
             .iter()
             .map(|&id| {
-                u32::try_from(id)
-                    .ok()
-                    .filter(|&r| (r as usize) < GPT2_VOCAB_SIZE)
-                    .ok_or_else(|| {
-                        Error::Input(format!("token id {id} is not in GPT-2's vocabulary"))
-                    })
+                u32::try_from(id).ok().filter(|&r| (r as usize) < GPT2_VOCAB_SIZE).ok_or_else(
+                    || Error::Input(format!("token id {id} is not in GPT-2's vocabulary")),
+                )
             })
             .collect::<Result<Vec<u32>>>()?;
-        let bytes = self
-            .bpe
-            .decode_bytes(&ranks)
-            .map_err(|e| Error::Input(format!("decoding: {e}")))?;
+        let bytes =
+            self.bpe.decode_bytes(&ranks).map_err(|e| Error::Input(format!("decoding: {e}")))?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 }

@@ -4,16 +4,8 @@ mod common;
 
 use common::{assert_success, gptc, gptc_in, stderr, stdout};
 
-const TINY: [&str; 8] = [
-    "--emb-dim",
-    "64",
-    "--n-layers",
-    "2",
-    "--n-heads",
-    "4",
-    "--context-length",
-    "64",
-];
+const TINY: [&str; 8] =
+    ["--emb-dim", "64", "--n-layers", "2", "--n-heads", "4", "--context-length", "64"];
 
 fn export_tiny(dir: &std::path::Path, name: &str, seed: &str) -> Vec<u8> {
     let path = dir.join(name);
@@ -39,13 +31,7 @@ fn inspect_prints_the_books_accounting() {
     let out = gptc(&["inspect", "--preset", "gpt2-small"]);
     assert_success(&out);
     let text = stdout(&out);
-    for figure in [
-        "38,597,376",
-        "786,432",
-        "163,009,536",
-        "124,412,160",
-        "621.83 MB",
-    ] {
+    for figure in ["38,597,376", "786,432", "163,009,536", "124,412,160", "621.83 MB"] {
         assert!(text.contains(figure), "no {figure} in\n{text}");
     }
 }
@@ -54,31 +40,18 @@ fn inspect_prints_the_books_accounting() {
 fn inspect_reports_a_file() {
     let dir = tempfile::tempdir().unwrap();
     export_tiny(dir.path(), "m.onnx", "1");
-    let out = gptc(&[
-        "inspect",
-        "--model",
-        dir.path().join("m.onnx").to_str().unwrap(),
-    ]);
+    let out = gptc(&["inspect", "--model", dir.path().join("m.onnx").to_str().unwrap()]);
     assert_success(&out);
     let text = stdout(&out);
     assert!(text.contains("opset ai.onnx 17"), "{text}");
-    assert!(
-        text.contains("input  input_ids int64 [batch_size, sequence_length]"),
-        "{text}"
-    );
-    assert!(
-        text.contains("output logits float [batch_size, sequence_length, 50257]"),
-        "{text}"
-    );
+    assert!(text.contains("input  input_ids int64 [batch_size, sequence_length]"), "{text}");
+    assert!(text.contains("output logits float [batch_size, sequence_length, 50257]"), "{text}");
     assert!(text.contains("LayerNormalization       5"), "{text}");
     assert!(text.contains("MatMul"), "{text}");
     // The file stores what the accounting says: 2 blocks of emb 64, vocab 50257, context 64.
     let total = 2 * 50257 * 64 + 64 * 64 + 2 * (12 * 64 * 64 + 10 * 64) + 2 * 64;
     assert!(
-        text.contains(&format!(
-            "weights {} values",
-            gptc::inspect::thousands(total)
-        )),
+        text.contains(&format!("weights {} values", gptc::inspect::thousands(total))),
         "{text}"
     );
 }
@@ -99,15 +72,9 @@ fn generate_on_a_tiny_config_in_memory() {
 fn assert_clean_failure(out: &std::process::Output, expect: &str) {
     let err = stderr(out);
     assert!(!out.status.success(), "should fail: {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "panic: {err}"
-    );
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
-    assert!(
-        err.to_lowercase().contains(&expect.to_lowercase()),
-        "expected `{expect}` in: {err}"
-    );
+    assert!(err.to_lowercase().contains(&expect.to_lowercase()), "expected `{expect}` in: {err}");
 }
 
 #[test]
@@ -117,10 +84,7 @@ fn bad_input_gets_one_clear_error_line() {
     let out_path = d.join("out.onnx");
     let out = out_path.to_str().unwrap();
 
-    assert_clean_failure(
-        &gptc(&["export", "--preset", "gpt5", "-o", out]),
-        "unknown preset",
-    );
+    assert_clean_failure(&gptc(&["export", "--preset", "gpt5", "-o", out]), "unknown preset");
     assert_clean_failure(
         &gptc(&["export", "--emb-dim", "65", "--n-heads", "4", "-o", out]),
         "divisible",
@@ -129,31 +93,16 @@ fn bad_input_gets_one_clear_error_line() {
     assert_clean_failure(&gptc(&["export", "--n-heads", "0", "-o", out]), "n_heads");
     std::fs::write(d.join("bad.json"), "{\"emb_dim\": 64}").unwrap();
     assert_clean_failure(
-        &gptc(&[
-            "export",
-            "--config",
-            d.join("bad.json").to_str().unwrap(),
-            "-o",
-            out,
-        ]),
+        &gptc(&["export", "--config", d.join("bad.json").to_str().unwrap(), "-o", out]),
         "missing field",
     );
     assert_clean_failure(
         &gptc(&["generate", "hi", "--model", "/no/such/model.onnx"]),
         "no such file",
     );
-    std::fs::write(
-        d.join("notes.onnx"),
-        "these are not the weights you are looking for",
-    )
-    .unwrap();
+    std::fs::write(d.join("notes.onnx"), "these are not the weights you are looking for").unwrap();
     assert_clean_failure(
-        &gptc(&[
-            "generate",
-            "hi",
-            "--model",
-            d.join("notes.onnx").to_str().unwrap(),
-        ]),
+        &gptc(&["generate", "hi", "--model", d.join("notes.onnx").to_str().unwrap()]),
         "not a readable onnx model",
     );
     assert_clean_failure(

@@ -10,14 +10,8 @@ fn generated_ids(args: &[&str]) -> (Vec<i64>, Vec<i64>) {
     let out = gptc(args);
     assert_success(&out);
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let ids = |key: &str| {
-        json[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect()
-    };
+    let ids =
+        |key: &str| json[key].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
     (ids("prompt_ids"), ids("output_ids"))
 }
 
@@ -51,13 +45,22 @@ fn gpt2_small_greedy_ids_equal_the_reference() {
     let (expected, _) = reference_greedy(&reference, &prompt_ids, 10, config.context_length);
     assert_eq!(output_ids, expected);
 
-    // The embedded default (no --model) compiles the same gpt2-small, seed 123, in memory.
-    let (_, embedded_ids) = generated_ids(&[
+    // ONNX Runtime (CPU) on the same file gives the same ids.
+    let (_, ort_ids) = generated_ids(&[
         "generate",
         "Hello, I am",
+        "--model",
+        path_str,
         "--max-new-tokens",
         "10",
         "--json",
+        "--runtime",
+        "ort",
     ]);
+    assert_eq!(ort_ids, expected);
+
+    // The embedded default (no --model) compiles the same gpt2-small, seed 123, in memory.
+    let (_, embedded_ids) =
+        generated_ids(&["generate", "Hello, I am", "--max-new-tokens", "10", "--json"]);
     assert_eq!(embedded_ids, expected);
 }

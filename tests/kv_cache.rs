@@ -50,11 +50,9 @@ fn cached_greedy_equals_plain_and_every_step_matches_the_reference() {
         let (expected_ids, expected_logits) =
             reference_greedy(&reference, &prompt, 12, config.context_length);
 
-        for (name, bytes) in [
-            ("plain", &plain_bytes),
-            ("cache", &cache_bytes),
-            ("cache+last", &last_bytes),
-        ] {
+        for (name, bytes) in
+            [("plain", &plain_bytes), ("cache", &cache_bytes), ("cache+last", &last_bytes)]
+        {
             let mut runtime = TractRuntime::from_bytes(bytes).unwrap();
             let (ids, logits) = greedy_with_logits(
                 &mut runtime,
@@ -62,16 +60,10 @@ fn cached_greedy_equals_plain_and_every_step_matches_the_reference() {
                 12,
                 config.context_length,
             );
-            assert_eq!(
-                ids[0], expected_ids,
-                "{name}: ids differ from the reference"
-            );
+            assert_eq!(ids[0], expected_ids, "{name}: ids differ from the reference");
             for (step, (actual, expected)) in logits[0].iter().zip(&expected_logits).enumerate() {
                 let err = relative_error(&as_3d(actual), &as_3d(expected));
-                assert!(
-                    err < 1e-4,
-                    "{name} layers {n_layers} step {step}: relative error {err}"
-                );
+                assert!(err < 1e-4, "{name} layers {n_layers} step {step}: relative error {err}");
             }
         }
     }
@@ -81,10 +73,7 @@ fn cached_greedy_equals_plain_and_every_step_matches_the_reference() {
 /// which must equal the book's loop that crops on every step.
 #[test]
 fn cropping_past_the_context_equals_the_books_loop() {
-    let config = GptConfig {
-        context_length: 16,
-        ..tiny_config(2, true)
-    };
+    let config = GptConfig { context_length: 16, ..tiny_config(2, true) };
     let (bytes, weights) = compile_with(&config, CACHE, 5);
     let reference = Reference::new(&config, &weights);
     for prompt_len in [5, 16] {
@@ -95,10 +84,7 @@ fn cropping_past_the_context_equals_the_books_loop() {
         assert_eq!(ids[0], expected_ids, "prompt of {prompt_len}");
         for (step, (actual, expected)) in logits[0].iter().zip(&expected_logits).enumerate() {
             let err = relative_error(&as_3d(actual), &as_3d(expected));
-            assert!(
-                err < 1e-4,
-                "prompt of {prompt_len}, step {step}: relative error {err}"
-            );
+            assert!(err < 1e-4, "prompt of {prompt_len}, step {step}: relative error {err}");
         }
     }
 }
@@ -107,10 +93,7 @@ fn cropping_past_the_context_equals_the_books_loop() {
 /// also once the batch outgrows the context and is prefilled again.
 #[test]
 fn left_padded_batch_rows_equal_single_runs() {
-    let config = GptConfig {
-        context_length: 24,
-        ..tiny_config(2, false)
-    };
+    let config = GptConfig { context_length: 24, ..tiny_config(2, false) };
     for options in [CACHE, CACHE_LAST] {
         let (bytes, _) = compile_with(&config, options, 9);
         let prompts: Vec<Vec<i64>> = [3, 11, 1, 7]

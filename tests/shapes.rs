@@ -37,26 +37,15 @@ fn expected_io(
         dtype: dtype.into(),
         dims: dims.iter().map(|d| canonical_dim(d)).collect(),
     };
-    let (heads, head_dim, vocab) = (
-        config.n_heads.to_string(),
-        config.head_dim().to_string(),
-        config.vocab_size.to_string(),
-    );
+    let (heads, head_dim, vocab) =
+        (config.n_heads.to_string(), config.head_dim().to_string(), config.vocab_size.to_string());
     let total = "past_sequence_length + sequence_length";
     let mut inputs = vec![t("input_ids", "int64", &["batch_size", "sequence_length"])];
-    let positions = if options.last_token_logits {
-        "1"
-    } else {
-        "sequence_length"
-    };
+    let positions = if options.last_token_logits { "1" } else { "sequence_length" };
     let mut outputs = vec![t("logits", "float", &["batch_size", positions, &vocab])];
     if options.kv_cache {
         inputs.push(t("attention_mask", "int64", &["batch_size", total]));
-        inputs.push(t(
-            "position_ids",
-            "int64",
-            &["batch_size", "sequence_length"],
-        ));
+        inputs.push(t("position_ids", "int64", &["batch_size", "sequence_length"]));
         for i in 0..config.n_layers {
             for part in ["key", "value"] {
                 let past = ["batch_size", &heads, "past_sequence_length", &head_dim];
@@ -116,10 +105,7 @@ fn names_follow_the_module_tree_and_metadata_records_the_config() {
     assert!(graph.node.iter().any(|n| n.name.starts_with("h.1.attn.")));
     let stored = gptc_graph::file::stored_config(&model).unwrap().unwrap();
     assert_eq!(stored, config);
-    assert_eq!(
-        gptc_graph::file::metadata(&model, "gptc.init_seed"),
-        Some("42")
-    );
+    assert_eq!(gptc_graph::file::metadata(&model, "gptc.init_seed"), Some("42"));
     // Every declared dim is named or fixed: none is left unknown.
     assert!(graph.output.iter().chain(&graph.input).all(|v| v
         .tensor_signature()

@@ -25,10 +25,7 @@ pub enum Attr {
 
 impl Attr {
     fn into_proto(self, name: &str) -> AttributeProto {
-        let mut a = AttributeProto {
-            name: name.to_string(),
-            ..Default::default()
-        };
+        let mut a = AttributeProto { name: name.to_string(), ..Default::default() };
         match self {
             Attr::Int(i) => (a.r#type, a.i) = (AttributeType::Int as i32, i),
             Attr::Float(f) => (a.r#type, a.f) = (AttributeType::Float as i32, f),
@@ -76,19 +73,12 @@ impl<'w> GraphBuilder<'w> {
 
     /// The root scope: names start at the top of the module tree.
     pub fn root(&mut self) -> Scope<'_, 'w> {
-        Scope {
-            graph: self,
-            prefix: String::new(),
-        }
+        Scope { graph: self, prefix: String::new() }
     }
 
     pub fn input(&mut self, name: &str, elem_type: DataType, dims: &[Dim]) -> Value {
         let value = self.new_value(name.to_string());
-        self.inputs.push(ValueInfoProto::tensor(
-            &self.value_names[value.0],
-            elem_type,
-            dims,
-        ));
+        self.inputs.push(ValueInfoProto::tensor(&self.value_names[value.0], elem_type, dims));
         value
     }
 
@@ -103,8 +93,7 @@ impl<'w> GraphBuilder<'w> {
                 }
             }
         }
-        self.outputs
-            .push(ValueInfoProto::tensor(name, elem_type, dims));
+        self.outputs.push(ValueInfoProto::tensor(name, elem_type, dims));
     }
 
     pub fn finish(self, name: &str) -> GraphProto {
@@ -136,11 +125,7 @@ impl<'w> GraphBuilder<'w> {
     }
 
     fn constant(&mut self, data: ConstData, dims: Vec<i64>) -> Value {
-        if let Some((_, _, v)) = self
-            .consts
-            .iter()
-            .find(|(d, s, _)| *d == data && *s == dims)
-        {
+        if let Some((_, _, v)) = self.consts.iter().find(|(d, s, _)| *d == data && *s == dims) {
             return *v;
         }
         let value = self.new_value(format!("const.{}", self.consts.len()));
@@ -176,10 +161,7 @@ pub struct Scope<'g, 'w> {
 impl<'w> Scope<'_, 'w> {
     /// A child scope, as `vb.pp("attn")` in candle: `h.3` -> `h.3.attn`.
     pub fn pp(&mut self, name: impl std::fmt::Display) -> Scope<'_, 'w> {
-        Scope {
-            prefix: self.qualify(&name.to_string()),
-            graph: self.graph,
-        }
+        Scope { prefix: self.qualify(&name.to_string()), graph: self.graph }
     }
 
     fn qualify(&self, name: &str) -> String {
@@ -225,8 +207,7 @@ impl<'w> Scope<'_, 'w> {
     }
 
     pub fn const_i64(&mut self, values: &[i64]) -> Value {
-        self.graph
-            .constant(ConstData::I64(values.to_vec()), vec![values.len() as i64])
+        self.graph.constant(ConstData::I64(values.to_vec()), vec![values.len() as i64])
     }
 
     pub fn scalar_i64(&mut self, value: i64) -> Value {
@@ -242,10 +223,7 @@ impl<'w> Scope<'_, 'w> {
         let output = self.graph.new_value(self.qualify(op_type));
         let name = self.graph.value_names[output.0].clone();
         self.graph.nodes.push(NodeProto {
-            input: inputs
-                .iter()
-                .map(|v| self.graph.value_names[v.0].clone())
-                .collect(),
+            input: inputs.iter().map(|v| self.graph.value_names[v.0].clone()).collect(),
             output: vec![name.clone()],
             name,
             op_type: op_type.to_string(),
@@ -329,11 +307,8 @@ impl<'w> Scope<'_, 'w> {
 
     /// One dimension of `x`'s shape as an int64 scalar.
     pub fn dim(&mut self, x: Value, axis: i64) -> Value {
-        let dims = self.op(
-            "Shape",
-            &[x],
-            vec![("start", Attr::Int(axis)), ("end", Attr::Int(axis + 1))],
-        );
+        let dims =
+            self.op("Shape", &[x], vec![("start", Attr::Int(axis)), ("end", Attr::Int(axis + 1))]);
         self.squeeze(dims, &[0])
     }
 

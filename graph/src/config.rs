@@ -33,10 +33,7 @@ impl GptConfig {
         let &(_, emb_dim, n_layers, n_heads) =
             PRESETS.iter().find(|p| p.0 == name).ok_or_else(|| {
                 let known: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
-                Error::Config(format!(
-                    "unknown preset `{name}` (known: {})",
-                    known.join(", ")
-                ))
+                Error::Config(format!("unknown preset `{name}` (known: {})", known.join(", ")))
             })?;
         Ok(GptConfig {
             vocab_size: 50257,
@@ -80,10 +77,7 @@ impl GptConfig {
             ));
         }
         if !(0.0..1.0).contains(&self.drop_rate) {
-            return fail(format!(
-                "drop_rate must be in [0, 1), got {}",
-                self.drop_rate
-            ));
+            return fail(format!("drop_rate must be in [0, 1), got {}", self.drop_rate));
         }
         // Every dim must fit the int64 shapes of ONNX and the i32-indexed kernels of runtimes.
         if self.vocab_size > i32::MAX as usize

@@ -22,25 +22,15 @@ pub fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
-    let io_err = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = |source| Error::Io { path: path.to_path_buf(), source };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let file_name = path.file_name().ok_or_else(|| {
-        io_err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a file path",
-        ))
+        io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))
     })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = dir.join(format!(".{}.tmp{}", file_name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         fill(&mut out)?;
@@ -58,18 +48,12 @@ pub fn write_atomically(
 /// Protobuf fields may come in any order, so this decodes to the same message.
 pub fn encode_to(model: &ModelProto, out: &mut dyn Write) -> std::io::Result<()> {
     use prost::encoding::{encode_key, encode_varint, WireType};
-    let header = ModelProto {
-        graph: None,
-        ..shallow_model(model)
-    };
+    let header = ModelProto { graph: None, ..shallow_model(model) };
     out.write_all(&header.encode_to_vec())?;
     let Some(graph) = &model.graph else {
         return Ok(());
     };
-    let shell = GraphProto {
-        initializer: Vec::new(),
-        ..graph.clone_without_initializers()
-    };
+    let shell = GraphProto { initializer: Vec::new(), ..graph.clone_without_initializers() };
     let mut head = Vec::new();
     encode_key(7, WireType::LengthDelimited, &mut head);
     encode_varint(graph.encoded_len() as u64, &mut head);
@@ -85,10 +69,7 @@ pub fn encode_to(model: &ModelProto, out: &mut dyn Write) -> std::io::Result<()>
 /// the tensor to `out` through a small buffer (a weight matrix is never encoded twice in memory).
 fn encode_tensor_field(tag: u32, tensor: &TensorProto, out: &mut dyn Write) -> std::io::Result<()> {
     use prost::encoding::{encode_key, encode_varint, WireType};
-    let header = TensorProto {
-        float_data: Vec::new(),
-        ..tensor.clone_without_float_data()
-    };
+    let header = TensorProto { float_data: Vec::new(), ..tensor.clone_without_float_data() };
     let mut head = Vec::new();
     encode_key(tag, WireType::LengthDelimited, &mut head);
     encode_varint(tensor.encoded_len() as u64, &mut head);
@@ -158,15 +139,14 @@ pub fn write_model(path: &Path, model: &ModelProto) -> Result<()> {
 }
 
 pub fn read_model(path: &Path) -> Result<ModelProto> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.into(),
-        source,
-    })?;
-    let not_onnx = |reason: String| Error::NotOnnx {
-        path: path.into(),
-        reason,
-    };
-    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| not_onnx(e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    decode_model(path, &bytes)
+}
+
+/// Decodes a model read from `path` (named in errors).
+pub fn decode_model(path: &Path, bytes: &[u8]) -> Result<ModelProto> {
+    let not_onnx = |reason: String| Error::NotOnnx { path: path.into(), reason };
+    let model = ModelProto::decode(bytes).map_err(|e| not_onnx(e.to_string()))?;
     if model.graph.is_none() || model.opset_import.is_empty() {
         return Err(not_onnx("no graph or no opset".into()));
     }
@@ -174,11 +154,7 @@ pub fn read_model(path: &Path) -> Result<ModelProto> {
 }
 
 pub fn metadata<'m>(model: &'m ModelProto, key: &str) -> Option<&'m str> {
-    model
-        .metadata_props
-        .iter()
-        .find(|p| p.key == key)
-        .map(|p| p.value.as_str())
+    model.metadata_props.iter().find(|p| p.key == key).map(|p| p.value.as_str())
 }
 
 /// The config a gptc export recorded in its metadata, if this file is one.
@@ -229,10 +205,7 @@ struct ModelHeader {
 /// The config recorded in a model file's metadata, read without decoding its graph.
 /// `Ok(None)`: a valid ONNX file that gptc did not write.
 pub fn stored_config_of_bytes(path: &Path, bytes: &[u8]) -> Result<Option<GptConfig>> {
-    let not_onnx = |reason: String| Error::NotOnnx {
-        path: path.into(),
-        reason,
-    };
+    let not_onnx = |reason: String| Error::NotOnnx { path: path.into(), reason };
     let header = ModelHeader::decode(bytes).map_err(|e| not_onnx(e.to_string()))?;
     if header.opset_import.is_empty() {
         return Err(not_onnx("no opset".into()));
@@ -261,10 +234,7 @@ mod tests {
             drop_rate: 0.0,
             qkv_bias: true,
         };
-        let options = GraphOptions {
-            kv_cache: true,
-            last_token_logits: false,
-        };
+        let options = GraphOptions { kv_cache: true, last_token_logits: false };
         let model = build_model(&config, options, &mut RandomInit { seed: 3 }, Some(3)).unwrap();
         let mut streamed = Vec::new();
         encode_to(&model, &mut streamed).unwrap();

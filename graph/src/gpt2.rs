@@ -38,6 +38,46 @@ pub struct GraphOptions {
     pub last_token_logits: bool,
 }
 
+/// A graph input or output: name, element type, dims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSignature {
+    pub name: String,
+    pub dtype: DataType,
+    pub dims: Vec<Dim>,
+}
+
+/// The inputs and outputs of the graph gptc builds for `config` and `options`, in order:
+/// the contract `gptc check` holds a file to.
+pub fn io_signature(
+    cfg: &GptConfig,
+    options: GraphOptions,
+) -> (Vec<TensorSignature>, Vec<TensorSignature>) {
+    let t = |name: String, dtype, dims: Vec<Dim>| TensorSignature { name, dtype, dims };
+    let ids = || vec![BATCH.into(), SEQUENCE.into()];
+    let cache =
+        |length: &str| vec![BATCH.into(), cfg.n_heads.into(), length.into(), cfg.head_dim().into()];
+    let positions = if options.last_token_logits { Dim::Fixed(1) } else { SEQUENCE.into() };
+    let mut inputs = vec![t("input_ids".into(), DataType::Int64, ids())];
+    let mut outputs = vec![t(
+        "logits".into(),
+        DataType::Float,
+        vec![BATCH.into(), positions, cfg.vocab_size.into()],
+    )];
+    if options.kv_cache {
+        inputs.push(t("attention_mask".into(), DataType::Int64, vec![BATCH.into(), TOTAL.into()]));
+        inputs.push(t("position_ids".into(), DataType::Int64, ids()));
+        for i in 0..cfg.n_layers {
+            for part in ["key", "value"] {
+                inputs.push(t(format!("past_key_values.{i}.{part}"), DataType::Float, cache(PAST)));
+            }
+            for part in ["key", "value"] {
+                outputs.push(t(format!("present.{i}.{part}"), DataType::Float, cache(TOTAL)));
+            }
+        }
+    }
+    (inputs, outputs)
+}
+
 /// One layer's keys or values: `[batch_size, n_heads, length, head_dim]` each.
 #[derive(Clone, Copy, Debug)]
 struct KeyValue {
@@ -69,112 +109,50 @@ pub fn build_model(
     let inputs = declare_inputs(&mut graph, config, options);
     let (logits, present) = gpt2(&mut graph.root(), &inputs, config, options)?;
 
-    let positions = if options.last_token_logits {
-        Dim::Fixed(1)
-    } else {
-        SEQUENCE.into()
-    };
+    let positions = if options.last_token_logits { Dim::Fixed(1) } else { SEQUENCE.into() };
     let logits_dims = [BATCH.into(), positions, config.vocab_size.into()];
     graph.output(logits, "logits", DataType::Float, &logits_dims);
-    let cache_dims = [
-        BATCH.into(),
-        config.n_heads.into(),
-        TOTAL.into(),
-        config.head_dim().into(),
-    ];
+    let cache_dims = [BATCH.into(), config.n_heads.into(), TOTAL.into(), config.head_dim().into()];
     for (i, kv) in present.iter().enumerate() {
-        graph.output(
-            kv.key,
-            &format!("present.{i}.key"),
-            DataType::Float,
-            &cache_dims,
-        );
-        graph.output(
-            kv.value,
-            &format!("present.{i}.value"),
-            DataType::Float,
-            &cache_dims,
-        );
+        graph.output(kv.key, &format!("present.{i}.key"), DataType::Float, &cache_dims);
+        graph.output(kv.value, &format!("present.{i}.value"), DataType::Float, &cache_dims);
     }
 
     let mut metadata = vec![
         ("gptc.version", env!("CARGO_PKG_VERSION").to_string()),
         ("gptc.config", config.to_json()),
         ("gptc.kv_cache", options.kv_cache.to_string()),
-        (
-            "gptc.last_token_logits",
-            options.last_token_logits.to_string(),
-        ),
+        ("gptc.last_token_logits", options.last_token_logits.to_string()),
     ];
     if let Some(seed) = init_seed {
         metadata.push(("gptc.init_seed", seed.to_string()));
     }
     Ok(ModelProto {
         ir_version: IR_VERSION,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET,
-        }],
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
         producer_name: "gptc".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph.finish("gpt2")),
         metadata_props: metadata
             .into_iter()
-            .map(|(key, value)| StringStringEntryProto {
-                key: key.into(),
-                value,
-            })
+            .map(|(key, value)| StringStringEntryProto { key: key.into(), value })
             .collect(),
         ..Default::default()
     })
 }
 
 fn declare_inputs(graph: &mut GraphBuilder, cfg: &GptConfig, options: GraphOptions) -> Inputs {
-    let input_ids = graph.input(
-        "input_ids",
-        DataType::Int64,
-        &[BATCH.into(), SEQUENCE.into()],
-    );
+    let mut declared =
+        io_signature(cfg, options).0.into_iter().map(|t| graph.input(&t.name, t.dtype, &t.dims));
+    let mut next = || declared.next().expect("io_signature lists every input");
+    let input_ids = next();
     if !options.kv_cache {
-        return Inputs {
-            input_ids,
-            cache: None,
-        };
+        return Inputs { input_ids, cache: None };
     }
-    let attention_mask = graph.input(
-        "attention_mask",
-        DataType::Int64,
-        &[BATCH.into(), TOTAL.into()],
-    );
-    let position_ids = graph.input(
-        "position_ids",
-        DataType::Int64,
-        &[BATCH.into(), SEQUENCE.into()],
-    );
-    let dims = [
-        BATCH.into(),
-        cfg.n_heads.into(),
-        PAST.into(),
-        cfg.head_dim().into(),
-    ];
-    let past = (0..cfg.n_layers)
-        .map(|i| KeyValue {
-            key: graph.input(&format!("past_key_values.{i}.key"), DataType::Float, &dims),
-            value: graph.input(
-                &format!("past_key_values.{i}.value"),
-                DataType::Float,
-                &dims,
-            ),
-        })
-        .collect();
-    Inputs {
-        input_ids,
-        cache: Some(CacheInputs {
-            attention_mask,
-            position_ids,
-            past,
-        }),
-    }
+    let attention_mask = next();
+    let position_ids = next();
+    let past = (0..cfg.n_layers).map(|_| KeyValue { key: next(), value: next() }).collect();
+    Inputs { input_ids, cache: Some(CacheInputs { attention_mask, position_ids, past }) }
 }
 
 fn gpt2(
@@ -194,10 +172,7 @@ fn gpt2(
             let positions = s.range(zero, seq_len);
             (positions, causal_mask(s, ctx, positions, positions))
         }
-        Some(cache) => (
-            cache.position_ids,
-            cached_attention_mask(s, ctx, inputs.input_ids, cache),
-        ),
+        Some(cache) => (cache.position_ids, cached_attention_mask(s, ctx, inputs.input_ids, cache)),
     };
 
     let tokens = s.gather(wte, inputs.input_ids);
@@ -215,11 +190,7 @@ fn gpt2(
         x = s.slice(x, &[-1], &[i64::MAX], &[1]);
     }
     let x = layer_norm(&mut s.pp("ln_f"), x, e)?;
-    let head = s.param(
-        "lm_head.weight",
-        &[vocab, e],
-        Init::Normal { std: INIT_STD },
-    )?;
+    let head = s.param("lm_head.weight", &[vocab, e], Init::Normal { std: INIT_STD })?;
     let head_t = s.transpose(head, &[1, 0]);
     Ok((s.matmul(x, head_t), present))
 }
@@ -230,9 +201,7 @@ fn gpt2(
 /// mask computed from `Range`s and mis-slices the attention matmuls (see BENCHMARKS.md).
 /// Shape `[1, 1, T_query, T_key]`, the rank of the scores.
 fn causal_mask(s: &mut Scope, context: usize, query_slots: Value, key_slots: Value) -> Value {
-    let table: Vec<bool> = (0..context)
-        .flat_map(|i| (0..context).map(move |j| j <= i))
-        .collect();
+    let table: Vec<bool> = (0..context).flat_map(|i| (0..context).map(move |j| j <= i)).collect();
     let table = s.const_bool("causal_mask", &[1, 1, context, context], &table);
     let rows = s.gather_axis(table, query_slots, 2);
     s.gather_axis(rows, key_slots, 3)
@@ -330,10 +299,7 @@ fn causal_self_attention(
     let k = linear(&mut s.pp("k_proj"), x, e, e, cfg.qkv_bias, INIT_STD)?;
     let v = linear(&mut s.pp("v_proj"), x, e, e, cfg.qkv_bias, INIT_STD)?;
     let q = split_heads(s, q, cfg);
-    let mut kv = KeyValue {
-        key: split_heads(s, k, cfg),
-        value: split_heads(s, v, cfg),
-    };
+    let mut kv = KeyValue { key: split_heads(s, k, cfg), value: split_heads(s, v, cfg) };
     let present = past.map(|past| {
         kv = KeyValue {
             key: s.concat(&[past.key, kv.key], 2),

@@ -10,7 +10,7 @@ pub mod onnx;
 pub mod weights;
 
 pub use config::{GptConfig, ParameterCount};
-pub use gpt2::{build_model, GraphOptions};
+pub use gpt2::{build_model, io_signature, GraphOptions, TensorSignature};
 pub use weights::{Init, NamedTensor, RandomInit, Recording, TensorMap, WeightSource};
 
 use std::path::PathBuf;
@@ -22,10 +22,7 @@ pub enum Error {
     #[error("weight `{name}`: {reason}")]
     Weight { name: String, reason: String },
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{}: not a readable ONNX model ({reason})", path.display())]
     NotOnnx { path: PathBuf, reason: String },
 }

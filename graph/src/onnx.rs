@@ -298,10 +298,7 @@ impl ValueInfoProto {
     /// Element type and dims, for tensor-typed values; `None` for unknown dims.
     pub fn tensor_signature(&self) -> Option<(DataType, Vec<Option<Dim>>)> {
         use tensor_shape_proto::dimension;
-        let Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(t)),
-        }) = &self.r#type
-        else {
+        let Some(TypeProto { value: Some(type_proto::Value::TensorType(t)) }) = &self.r#type else {
             return None;
         };
         let elem_type = DataType::try_from(t.elem_type).unwrap_or(DataType::Undefined);

@@ -81,9 +81,7 @@ fn fill_normal(rng: &mut Xoshiro256, out: &mut [f32], std: f32) {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// xoshiro256++ (Blackman and Vigna), seeded through splitmix64 as its authors recommend.
@@ -129,10 +127,9 @@ pub struct TensorMap(pub BTreeMap<String, NamedTensor>);
 
 impl TensorMap {
     pub fn get(&self, name: &str) -> Result<&NamedTensor> {
-        self.0.get(name).ok_or_else(|| Error::Weight {
-            name: name.into(),
-            reason: "missing".into(),
-        })
+        self.0
+            .get(name)
+            .ok_or_else(|| Error::Weight { name: name.into(), reason: "missing".into() })
     }
 }
 
@@ -158,13 +155,9 @@ pub struct Recording<'a, S: WeightSource> {
 impl<S: WeightSource> WeightSource for Recording<'_, S> {
     fn tensor(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Vec<f32>> {
         let data = self.source.tensor(name, shape, init)?;
-        self.seen.0.insert(
-            name.to_string(),
-            NamedTensor {
-                shape: shape.to_vec(),
-                data: data.clone(),
-            },
-        );
+        self.seen
+            .0
+            .insert(name.to_string(), NamedTensor { shape: shape.to_vec(), data: data.clone() });
         Ok(data)
     }
 }
@@ -175,18 +168,10 @@ mod tests {
 
     #[test]
     fn random_init_is_deterministic_per_seed_and_name() {
-        let a = RandomInit { seed: 1 }
-            .tensor("w", &[300_000], Init::Normal { std: 0.02 })
-            .unwrap();
-        let b = RandomInit { seed: 1 }
-            .tensor("w", &[300_000], Init::Normal { std: 0.02 })
-            .unwrap();
-        let c = RandomInit { seed: 2 }
-            .tensor("w", &[300_000], Init::Normal { std: 0.02 })
-            .unwrap();
-        let d = RandomInit { seed: 1 }
-            .tensor("v", &[300_000], Init::Normal { std: 0.02 })
-            .unwrap();
+        let a = RandomInit { seed: 1 }.tensor("w", &[300_000], Init::Normal { std: 0.02 }).unwrap();
+        let b = RandomInit { seed: 1 }.tensor("w", &[300_000], Init::Normal { std: 0.02 }).unwrap();
+        let c = RandomInit { seed: 2 }.tensor("w", &[300_000], Init::Normal { std: 0.02 }).unwrap();
+        let d = RandomInit { seed: 1 }.tensor("v", &[300_000], Init::Normal { std: 0.02 }).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
@@ -194,9 +179,7 @@ mod tests {
 
     #[test]
     fn random_init_has_the_requested_moments() {
-        let x = RandomInit { seed: 7 }
-            .tensor("w", &[1 << 20], Init::Normal { std: 0.02 })
-            .unwrap();
+        let x = RandomInit { seed: 7 }.tensor("w", &[1 << 20], Init::Normal { std: 0.02 }).unwrap();
         let n = x.len() as f64;
         let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
         let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;

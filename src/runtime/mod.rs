@@ -1,6 +1,7 @@
 //! The runtimes that execute an exported model, behind one small trait: the decoding driver
 //! does not know which one it drives.
 
+pub mod ort;
 pub mod tract;
 
 use ndarray::{Array2, Array3};
@@ -18,11 +19,7 @@ pub struct Step<'a> {
 
 impl<'a> Step<'a> {
     pub fn ids_only(input_ids: &'a Array2<i64>) -> Step<'a> {
-        Step {
-            input_ids,
-            attention_mask: None,
-            position_ids: None,
-        }
+        Step { input_ids, attention_mask: None, position_ids: None }
     }
 }
 
@@ -60,9 +57,7 @@ impl InputRole {
             "attention_mask" => InputRole::AttentionMask,
             "position_ids" => InputRole::PositionIds,
             _ => {
-                let rest = name
-                    .strip_prefix("past_key_values.")
-                    .ok_or_else(|| unknown(name))?;
+                let rest = name.strip_prefix("past_key_values.").ok_or_else(|| unknown(name))?;
                 if let Some(i) = layer(rest, ".key") {
                     InputRole::PastKey(i)
                 } else if let Some(i) = layer(rest, ".value") {
@@ -88,10 +83,7 @@ pub fn check_input_layout(roles: &[InputRole]) -> Result<(bool, usize)> {
     if !has(InputRole::InputIds) {
         return Err(Error::Input("the model has no `input_ids` input".into()));
     }
-    let layers = roles
-        .iter()
-        .filter(|r| matches!(r, InputRole::PastKey(_)))
-        .count();
+    let layers = roles.iter().filter(|r| matches!(r, InputRole::PastKey(_))).count();
     if roles.len() == 1 {
         return Ok((false, 0));
     }

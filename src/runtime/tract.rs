@@ -73,9 +73,7 @@ impl TractRuntime {
             .map(|o| InputRole::of(&model.node(o.node).name))
             .collect::<Result<Vec<_>>>()?;
         let (has_cache, layers) = check_input_layout(&roles)?;
-        let model = model
-            .into_optimized()
-            .map_err(tract_error("optimizing the model"))?;
+        let model = model.into_optimized().map_err(tract_error("optimizing the model"))?;
         let output_names: Vec<String> = model
             .output_outlets()
             .map_err(tract_error("outputs"))?
@@ -90,20 +88,10 @@ impl TractRuntime {
         };
         let logits_output = output("logits")?;
         let cache = if has_cache {
-            let key_input = roles
-                .iter()
-                .position(|r| *r == InputRole::PastKey(0))
-                .unwrap_or(0);
-            let shape = &model
-                .input_fact(key_input)
-                .map_err(tract_error("inputs"))?
-                .shape;
-            let fixed = |axis: usize| {
-                shape
-                    .get(axis)
-                    .and_then(|d| d.to_i64().ok())
-                    .map(|d| d as usize)
-            };
+            let key_input = roles.iter().position(|r| *r == InputRole::PastKey(0)).unwrap_or(0);
+            let shape = &model.input_fact(key_input).map_err(tract_error("inputs"))?.shape;
+            let fixed =
+                |axis: usize| shape.get(axis).and_then(|d| d.to_i64().ok()).map(|d| d as usize);
             let (Some(heads), Some(head_dim)) = (fixed(1), fixed(3)) else {
                 return Err(Error::Input(
                     "past_key_values.0.key must have fixed n_heads and head_dim dims".into(),
@@ -117,24 +105,12 @@ impl TractRuntime {
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Some(Cache {
-                heads,
-                head_dim,
-                present_outputs,
-                past: Vec::new(),
-            })
+            Some(Cache { heads, head_dim, present_outputs, past: Vec::new() })
         } else {
             None
         };
-        let plan = model
-            .into_runnable()
-            .map_err(tract_error("planning the model"))?;
-        Ok(TractRuntime {
-            plan,
-            roles,
-            logits_output,
-            cache,
-        })
+        let plan = model.into_runnable().map_err(tract_error("planning the model"))?;
+        Ok(TractRuntime { plan, roles, logits_output, cache })
     }
 }
 
@@ -164,9 +140,7 @@ impl Runtime for TractRuntime {
                 .ok_or_else(|| Error::Input(format!("a KV-cache model needs {name}")))
         };
         let empty_past = |c: &Cache| -> TValue {
-            Tensor::zero::<f32>(&[batch, c.heads, 0, c.head_dim])
-                .expect("empty tensor")
-                .into()
+            Tensor::zero::<f32>(&[batch, c.heads, 0, c.head_dim]).expect("empty tensor").into()
         };
         let mut inputs = TVec::new();
         for role in &self.roles {
@@ -174,14 +148,12 @@ impl Runtime for TractRuntime {
                 (InputRole::InputIds, _) => tensor_of(step.input_ids),
                 (InputRole::AttentionMask, _) => needs(step.attention_mask, "attention_mask")?,
                 (InputRole::PositionIds, _) => needs(step.position_ids, "position_ids")?,
-                (InputRole::PastKey(i), Some(c)) => c
-                    .past
-                    .get(*i)
-                    .map_or_else(|| empty_past(c), |kv| kv.0.clone()),
-                (InputRole::PastValue(i), Some(c)) => c
-                    .past
-                    .get(*i)
-                    .map_or_else(|| empty_past(c), |kv| kv.1.clone()),
+                (InputRole::PastKey(i), Some(c)) => {
+                    c.past.get(*i).map_or_else(|| empty_past(c), |kv| kv.0.clone())
+                }
+                (InputRole::PastValue(i), Some(c)) => {
+                    c.past.get(*i).map_or_else(|| empty_past(c), |kv| kv.1.clone())
+                }
                 (_, None) => unreachable!("cache inputs imply a cache"),
             });
         }
@@ -241,29 +213,15 @@ pub fn inferred_io(bytes: &[u8]) -> Result<(Vec<InferredTensor>, Vec<InferredTen
     let describe = |name: String, fact: &TypedFact| InferredTensor {
         name,
         dtype: onnx_dtype_name(fact.datum_type),
-        dims: fact
-            .shape
-            .iter()
-            .map(|d| canonical_dim(&d.to_string()))
-            .collect(),
+        dims: fact.shape.iter().map(|d| canonical_dim(&d.to_string())).collect(),
     };
     let mut inputs = Vec::new();
-    for (ix, outlet) in model
-        .input_outlets()
-        .map_err(tract_error("inputs"))?
-        .iter()
-        .enumerate()
-    {
+    for (ix, outlet) in model.input_outlets().map_err(tract_error("inputs"))?.iter().enumerate() {
         let fact = model.input_fact(ix).map_err(tract_error("inputs"))?;
         inputs.push(describe(model.node(outlet.node).name.clone(), fact));
     }
     let mut outputs = Vec::new();
-    for (ix, outlet) in model
-        .output_outlets()
-        .map_err(tract_error("outputs"))?
-        .iter()
-        .enumerate()
-    {
+    for (ix, outlet) in model.output_outlets().map_err(tract_error("outputs"))?.iter().enumerate() {
         let fact = model.output_fact(ix).map_err(tract_error("outputs"))?;
         let name = model.outlet_label(*outlet).unwrap_or_default().to_string();
         outputs.push(describe(name, fact));

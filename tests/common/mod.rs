@@ -21,22 +21,10 @@ pub fn tiny_config(n_layers: usize, qkv_bias: bool) -> GptConfig {
     }
 }
 
-pub const PLAIN: GraphOptions = GraphOptions {
-    kv_cache: false,
-    last_token_logits: false,
-};
-pub const PLAIN_LAST: GraphOptions = GraphOptions {
-    kv_cache: false,
-    last_token_logits: true,
-};
-pub const CACHE: GraphOptions = GraphOptions {
-    kv_cache: true,
-    last_token_logits: false,
-};
-pub const CACHE_LAST: GraphOptions = GraphOptions {
-    kv_cache: true,
-    last_token_logits: true,
-};
+pub const PLAIN: GraphOptions = GraphOptions { kv_cache: false, last_token_logits: false };
+pub const PLAIN_LAST: GraphOptions = GraphOptions { kv_cache: false, last_token_logits: true };
+pub const CACHE: GraphOptions = GraphOptions { kv_cache: true, last_token_logits: false };
+pub const CACHE_LAST: GraphOptions = GraphOptions { kv_cache: true, last_token_logits: true };
 pub const ALL_VARIANTS: [GraphOptions; 4] = [PLAIN, PLAIN_LAST, CACHE, CACHE_LAST];
 
 /// The encoded model (plain graph) and every weight it was built with.
@@ -46,10 +34,7 @@ pub fn compile(config: &GptConfig, seed: u64) -> (Vec<u8>, TensorMap) {
 
 pub fn compile_with(config: &GptConfig, options: GraphOptions, seed: u64) -> (Vec<u8>, TensorMap) {
     let mut init = RandomInit { seed };
-    let mut recording = Recording {
-        source: &mut init,
-        seen: TensorMap::default(),
-    };
+    let mut recording = Recording { source: &mut init, seen: TensorMap::default() };
     let model =
         build_model(config, options, &mut recording, Some(seed)).expect("tiny configs build");
     (file::encode(&model), recording.seen)
@@ -57,13 +42,9 @@ pub fn compile_with(config: &GptConfig, options: GraphOptions, seed: u64) -> (Ve
 
 /// Deterministic pseudo-random token ids in `[0, vocab)`.
 pub fn token_ids(batch: usize, seq: usize, vocab: usize, salt: u64) -> Array2<i64> {
-    let mut state = salt
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut state = salt.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     Array2::from_shape_fn((batch, seq), |_| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((state >> 33) % vocab as u64) as i64
     })
 }
@@ -72,18 +53,12 @@ pub fn token_ids(batch: usize, seq: usize, vocab: usize, salt: u64) -> Array2<i6
 pub fn relative_error(actual: &Array3<f32>, expected: &Array3<f32>) -> f32 {
     assert_eq!(actual.shape(), expected.shape(), "logits shapes differ");
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = actual
-        .iter()
-        .zip(expected)
-        .fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+    let diff = actual.iter().zip(expected).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
     diff / scale
 }
 
 pub fn gptc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gptc"))
-        .args(args)
-        .output()
-        .expect("gptc runs")
+    Command::new(env!("CARGO_BIN_EXE_gptc")).args(args).output().expect("gptc runs")
 }
 
 pub fn gptc_in(dir: &Path, args: &[&str]) -> Output {

@@ -1,0 +1,114 @@
+//! `gptc check`: does a file hold the graph gptc promises for its config? For users' CI.
+
+use gptc_graph::onnx::{Dim, ModelProto, ValueInfoProto};
+use gptc_graph::{io_signature, GptConfig, GraphOptions, TensorSignature};
+
+use crate::runtime::tract::{canonical_dim, inferred_io, InferredTensor};
+use crate::{Error, Result};
+
+/// The variant a file declares: a KV cache when it has past inputs, last-token logits when
+/// its logits have one position.
+pub fn declared_options(model: &ModelProto) -> GraphOptions {
+    let Some(graph) = &model.graph else { return GraphOptions::default() };
+    let kv_cache = graph.input.iter().any(|i| i.name.starts_with("past_key_values."));
+    let last_token_logits = graph
+        .output
+        .iter()
+        .find(|o| o.name == "logits")
+        .and_then(ValueInfoProto::tensor_signature)
+        .is_some_and(|(_, dims)| dims.get(1) == Some(&Some(Dim::Fixed(1))));
+    GraphOptions { kv_cache, last_token_logits }
+}
+
+fn from_signature(t: &TensorSignature) -> InferredTensor {
+    InferredTensor {
+        name: t.name.clone(),
+        dtype: t.dtype.onnx_name().into(),
+        dims: t.dims.iter().map(|d| canonical_dim(&d.to_string())).collect(),
+    }
+}
+
+fn from_declared(v: &ValueInfoProto) -> Result<InferredTensor> {
+    let (dtype, dims) = v
+        .tensor_signature()
+        .ok_or_else(|| Error::Input(format!("`{}` is not declared as a tensor", v.name)))?;
+    let dims = dims
+        .into_iter()
+        .map(|d| {
+            d.map(|d| canonical_dim(&d.to_string())).ok_or_else(|| {
+                Error::Input(format!("`{}` has a dim that is neither named nor fixed", v.name))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(InferredTensor { name: v.name.clone(), dtype: dtype.onnx_name().into(), dims })
+}
+
+fn show(t: &InferredTensor) -> String {
+    format!("{} {} [{}]", t.name, t.dtype, t.dims.join(", "))
+}
+
+/// Compares two lists of tensors in order; names the first difference.
+fn compare(
+    what: &str,
+    left_name: &str,
+    left: &[InferredTensor],
+    right_name: &str,
+    right: &[InferredTensor],
+) -> Result<()> {
+    for (l, r) in left.iter().zip(right) {
+        if l != r {
+            return Err(Error::Input(format!(
+                "{what}: {left_name} {} but {right_name} {}",
+                show(l),
+                show(r)
+            )));
+        }
+    }
+    if left.len() != right.len() {
+        return Err(Error::Input(format!(
+            "{what}: {left_name} {} but {right_name} {}",
+            left.len(),
+            right.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the file's declared inputs and outputs against the contract for `config` and
+/// against what tract's shape analysis infers from the inputs alone. Returns the variant.
+pub fn check_model(bytes: &[u8], model: &ModelProto, config: &GptConfig) -> Result<GraphOptions> {
+    let graph = model.graph.as_ref().ok_or_else(|| Error::Input("the file has no graph".into()))?;
+    let options = declared_options(model);
+    let (expected_inputs, expected_outputs) = io_signature(config, options);
+    let declared_inputs = graph.input.iter().map(from_declared).collect::<Result<Vec<_>>>()?;
+    let declared_outputs = graph.output.iter().map(from_declared).collect::<Result<Vec<_>>>()?;
+    let expected_inputs: Vec<_> = expected_inputs.iter().map(from_signature).collect();
+    let expected_outputs: Vec<_> = expected_outputs.iter().map(from_signature).collect();
+    compare("inputs", "the file declares", &declared_inputs, "the config wants", &expected_inputs)?;
+    compare(
+        "outputs",
+        "the file declares",
+        &declared_outputs,
+        "the config wants",
+        &expected_outputs,
+    )?;
+
+    let stored = crate::inspect::weight_values(model);
+    let wanted = gptc_graph::ParameterCount::of(config).total();
+    if stored != wanted {
+        return Err(Error::Input(format!(
+            "weights: the file stores {stored} values, the config has {wanted} parameters"
+        )));
+    }
+
+    let (inferred_inputs, inferred_outputs) = inferred_io(bytes)?;
+    compare("inputs", "declared", &declared_inputs, "tract infers", &inferred_inputs)?;
+    compare("outputs", "declared", &declared_outputs, "tract infers", &inferred_outputs)?;
+    if let Some(info) = graph.value_info.first() {
+        return Err(Error::Input(format!(
+            "value info `{}`: gptc checks graph inputs and outputs only, and writes no value infos",
+            info.name
+        )));
+    }
+    Ok(options)
+}
