@@ -98,10 +98,13 @@ impl OrtRuntime {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let session_on = |use_cuda: bool| -> Result<Session> {
             let builder = Session::builder(&environment).map_err(ort_error("session"))?;
+            let options_error =
+                |e: ort::Error<_>| Error::Runtime(format!("ONNX Runtime: session options: {e}"));
             let builder = builder
                 .with_optimization_level(GraphOptimizationLevel::Level3)
-                .and_then(|b| b.with_intra_threads(threads))
-                .map_err(|e| Error::Runtime(format!("ONNX Runtime: session options: {e}")))?;
+                .map_err(options_error)?
+                .with_intra_threads(threads)
+                .map_err(options_error)?;
             let mut builder = if use_cuda {
                 builder
                     .with_execution_providers([ep::CUDA::default().build().error_on_failure()])
