@@ -2,6 +2,13 @@
 
 use std::time::Instant;
 
+use ndarray::ArrayView1;
+
+use crate::generate::generate;
+use crate::reference::argmax;
+use crate::runtime::Runtime;
+use crate::Result;
+
 /// Read bandwidth of main memory in bytes/s: the best of several passes summing a buffer far
 /// larger than the caches, on as many threads as tract uses. Decoding one token must read every
 /// weight once, so `bandwidth / weight_bytes` bounds tokens/s.
@@ -35,13 +42,6 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-use ndarray::ArrayView1;
-
-use crate::generate::generate;
-use crate::reference::argmax;
-use crate::runtime::Runtime;
-use crate::Result;
-
 /// Seconds from the start of `generate` to the first new token: the prefill of `prompt` (for a
 /// plain graph, its one full forward).
 pub fn prefill_seconds(runtime: &mut dyn Runtime, prompt: &[i64], context: usize) -> Result<f64> {
@@ -67,4 +67,50 @@ pub fn decode_tokens_per_second(
         return Ok(0.0);
     };
     Ok((stamps.len() - 1) as f64 / last.duration_since(*first).as_secs_f64())
+}
+
+/// What one runtime reached on one file.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RuntimeFigures {
+    pub runtime: String,
+    pub load_s: f64,
+    /// `(prompt tokens, milliseconds)`, median of 3.
+    pub prefill_ms: Vec<(usize, f64)>,
+    pub decode_tokens_per_s: f64,
+}
+
+/// Times prefills of `prefill_lengths` and a decode of `new_tokens` after a 16-token prompt.
+pub fn measure(
+    runtime: &mut dyn Runtime,
+    load_s: f64,
+    prefill_lengths: &[usize],
+    new_tokens: usize,
+    context: usize,
+) -> Result<RuntimeFigures> {
+    let prompt = |n: usize| -> Vec<i64> { (0..n as i64).map(|i| (i * 7919) % 50000).collect() };
+    let mut prefill_ms = Vec::new();
+    for &n in prefill_lengths.iter().filter(|&&n| n <= context) {
+        let times = (0..3)
+            .map(|_| prefill_seconds(runtime, &prompt(n), context))
+            .collect::<Result<Vec<_>>>()?;
+        prefill_ms.push((n, median(times) * 1e3));
+    }
+    let decode_tokens_per_s = decode_tokens_per_second(runtime, &prompt(16), new_tokens, context)?;
+    Ok(RuntimeFigures { runtime: runtime.name(), load_s, prefill_ms, decode_tokens_per_s })
+}
+
+impl std::fmt::Display for RuntimeFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = &self.runtime;
+        writeln!(f, "{name:<10}  load {:.2} s (parse, optimize, plan)", self.load_s)?;
+        for (n, ms) in &self.prefill_ms {
+            writeln!(f, "{name:<10}  prefill {n:>5} tokens: {ms:8.1} ms (median of 3)")?;
+        }
+        write!(
+            f,
+            "{name:<10}  decode after 16 tokens, KV cache: {:.1} tokens/s ({:.1} ms/token)",
+            self.decode_tokens_per_s,
+            1e3 / self.decode_tokens_per_s
+        )
+    }
 }

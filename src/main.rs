@@ -209,6 +209,12 @@ struct BenchArgs {
     /// Keep the exported file in this folder (for other runtimes to time the same file).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Also time ONNX Runtime (CPU) from Rust on the same file.
+    #[arg(long)]
+    ort: bool,
+    /// End with one JSON line of all figures.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() {
@@ -388,7 +394,7 @@ fn inspect(args: InspectArgs) -> Result<()> {
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
-    use gptc::bench::{decode_tokens_per_second, median, prefill_seconds, read_bandwidth};
+    use gptc::bench::{decode_tokens_per_second, measure, read_bandwidth};
     let config = args.config.resolve()?;
     let count = ParameterCount::of(&config);
     let ctx = config.context_length;
@@ -410,47 +416,50 @@ fn bench(args: BenchArgs) -> Result<()> {
     file::write_model(&path, &model)?;
     drop(model);
     let export_s = start.elapsed().as_secs_f64();
+    let export_peak = peak();
     let file_mb = std::fs::metadata(&path)?.len() as f64 / 1e6;
-    println!("export      {export_s:.2} s, peak RSS {:.2} GB, file {file_mb:.1} MB (KV cache, last-token logits)", peak());
-
-    let start = Instant::now();
-    let runtime = TractRuntime::from_path(&path);
-    if args.dir.is_none() {
-        let _ = std::fs::remove_file(&path);
-    } else {
+    println!("export      {export_s:.2} s, peak RSS {export_peak:.2} GB, file {file_mb:.1} MB (KV cache, last-token logits)");
+    if args.dir.is_some() {
         println!("file        {}", path.display());
     }
-    let mut runtime = runtime?;
-    println!("tract load  {:.2} s (parse, optimize, plan)", start.elapsed().as_secs_f64());
 
-    let prompt = |n: usize| -> Vec<i64> { (0..n as i64).map(|i| (i * 7919) % 50000).collect() };
-    for n in args.prefill.iter().copied().filter(|&n| n <= ctx) {
-        let times = (0..3)
-            .map(|_| prefill_seconds(&mut runtime, &prompt(n), ctx))
-            .collect::<gptc::Result<Vec<_>>>()?;
-        println!("prefill     {n:>5} tokens: {:8.1} ms (median of 3)", median(times) * 1e3);
+    let mut figures = Vec::new();
+    let start = Instant::now();
+    let mut tract = TractRuntime::from_path(&path)?;
+    let load_s = start.elapsed().as_secs_f64();
+    figures.push(measure(&mut tract, load_s, &args.prefill, args.new_tokens, ctx)?);
+    println!("{}", figures[0]);
+    drop(tract);
+    let tract_peak = peak();
+    println!("peak RSS    {tract_peak:.2} GB (export, then tract)");
+
+    if args.ort {
+        let start = Instant::now();
+        let bytes = std::fs::read(&path)?;
+        let mut ort = OrtRuntime::from_bytes(&bytes, Device::Cpu)?;
+        drop(bytes);
+        let load_s = start.elapsed().as_secs_f64();
+        figures.push(measure(&mut ort, load_s, &args.prefill, args.new_tokens, ctx)?);
+        println!("{}", figures[1]);
     }
-    let cached = decode_tokens_per_second(&mut runtime, &prompt(16), args.new_tokens, ctx)?;
-    println!(
-        "decode      {} tokens after 16, KV cache: {cached:.1} tokens/s ({:.1} ms/token)",
-        args.new_tokens,
-        1e3 / cached
-    );
-    println!("peak RSS    {:.2} GB (export + tract with the cache model)", peak());
-    drop(runtime);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_file(&path);
+    }
 
+    let mut plain_tokens_per_s = None;
     if args.plain_tokens > 0 {
         let options = GraphOptions { kv_cache: false, last_token_logits: true };
         let model =
             gptc_graph::build_model(&config, options, &mut RandomInit { seed: 123 }, Some(123))?;
         let mut plain = TractRuntime::from_bytes(&file::encode(&model))?;
         drop(model);
-        let uncached = decode_tokens_per_second(&mut plain, &prompt(16), args.plain_tokens, ctx)?;
+        let prompt: Vec<i64> = (0..16).collect();
+        let rate = decode_tokens_per_second(&mut plain, &prompt, args.plain_tokens, ctx)?;
         println!(
-            "decode      {} tokens after 16, no cache: {uncached:.1} tokens/s ({:.2}x slower)",
-            args.plain_tokens,
-            cached / uncached
+            "tract       decode after 16 tokens, no cache: {rate:.1} tokens/s ({:.2}x slower than with the cache)",
+            figures[0].decode_tokens_per_s / rate
         );
+        plain_tokens_per_s = Some(rate);
     }
 
     let bandwidth = read_bandwidth(1 << 30, 5);
@@ -460,11 +469,30 @@ fn bench(args: BenchArgs) -> Result<()> {
         ((count.total() - count.token_embedding - count.position_embedding) * 4) as f64;
     let limit = bandwidth / read_per_token;
     println!(
-        "bandwidth   {:.1} GB/s read; {:.0} MB of weights per token bound decode at {limit:.1} tokens/s; KV-cache decode reached {:.2}x that",
+        "bandwidth   {:.1} GB/s read; {:.0} MB of weights per token bound decode at {limit:.1} tokens/s",
         gb(bandwidth),
         read_per_token / 1e6,
-        cached / limit
     );
+    for f in &figures {
+        println!(
+            "{:<10}  decode at {:.2}x the bandwidth bound",
+            f.runtime,
+            f.decode_tokens_per_s / limit
+        );
+    }
+    if args.json {
+        let summary = serde_json::json!({
+            "export_s": export_s,
+            "export_peak_rss_gb": export_peak,
+            "peak_rss_gb": tract_peak,
+            "runtimes": figures,
+            "plain_decode_tokens_per_s": plain_tokens_per_s,
+            "bandwidth_gb_s": gb(bandwidth),
+            "weights_read_per_token_mb": read_per_token / 1e6,
+            "bandwidth_bound_tokens_per_s": limit,
+        });
+        println!("{summary}");
+    }
     Ok(())
 }
 

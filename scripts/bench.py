@@ -1,0 +1,92 @@
+"""The benchmark of record: gptc (tract and ort from Rust) and ONNX Runtime's own Python package
+on the same exported file, in one run, so ratios are taken on one machine state.
+
+usage: .venv/bin/python scripts/bench.py [extra gptc bench flags]   (run scripts/python-env.sh first)
+Needs ORT_DYLIB_PATH (scripts/python-env.sh prints it) for the Rust ort runtime.
+"""
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def python_ort(path, prefill_lengths, new_tokens):
+    start = time.perf_counter()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    load_s = time.perf_counter() - start
+    inputs = {i.name: i for i in session.get_inputs()}
+    _, heads, _, head_dim = inputs["past_key_values.0.key"].shape
+    layers = sum(1 for n in inputs if n.endswith(".key"))
+    names = [o.name for o in session.get_outputs()]
+
+    def step(ids, past, start_pos):
+        n = len(ids)
+        feed = {
+            "input_ids": np.array([ids], np.int64),
+            "attention_mask": np.ones((1, start_pos + n), np.int64),
+            "position_ids": np.arange(start_pos, start_pos + n, dtype=np.int64)[None, :],
+            **past,
+        }
+        out = dict(zip(names, session.run(names, feed)))
+        past = {k.replace("present", "past_key_values"): v for k, v in out.items() if k.startswith("present.")}
+        return int(np.argmax(out["logits"][0, -1])), past
+
+    empty = {f"past_key_values.{i}.{p}": np.zeros((1, heads, 0, head_dim), np.float32)
+             for i in range(layers) for p in ("key", "value")}
+    prompt = lambda n: [(i * 7919) % 50000 for i in range(n)]
+    prefill_ms = []
+    for n in prefill_lengths:
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            step(prompt(n), empty, 0)
+            times.append(time.perf_counter() - t)
+        prefill_ms.append((n, sorted(times)[1] * 1e3))
+    ids = prompt(16)
+    token, past = step(ids, empty, 0)
+    stamps = [time.perf_counter()]
+    for _ in range(new_tokens - 1):
+        pos = len(ids)
+        ids.append(token)
+        token, past = step([token], past, pos)
+        stamps.append(time.perf_counter())
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return {"runtime": "python-ort", "load_s": load_s, "prefill_ms": prefill_ms, "decode_tokens_per_s": decode}
+
+
+def main():
+    gptc = ROOT / "target" / "release" / "gptc"
+    with tempfile.TemporaryDirectory() as work:
+        out = subprocess.run([str(gptc), "bench", "--ort", "--json", "--dir", work, *sys.argv[1:]],
+                             capture_output=True, text=True, check=True).stdout
+        lines = out.strip().splitlines()
+        print("\n".join(lines[:-1]))
+        summary = json.loads(lines[-1])
+        path = next(Path(work).glob("gptc-bench-*.onnx"))
+        lengths = [n for n, _ in summary["runtimes"][0]["prefill_ms"]]
+        py = python_ort(path, lengths, 128)
+    print(f"{'python-ort':<10}  load {py['load_s']:.2f} s")
+    for n, ms in py["prefill_ms"]:
+        print(f"{'python-ort':<10}  prefill {n:>5} tokens: {ms:8.1f} ms (median of 3)")
+    print(f"{'python-ort':<10}  decode after 16 tokens, KV cache: {py['decode_tokens_per_s']:.1f} tokens/s")
+    bound = summary["bandwidth_bound_tokens_per_s"]
+    print(f"\nratios in this run (bandwidth bound {bound:.1f} tokens/s):")
+    for r in summary["runtimes"] + [py]:
+        print(f"  {r['runtime']:<10} decode {r['decode_tokens_per_s']:6.1f} tokens/s = "
+              f"{r['decode_tokens_per_s'] / py['decode_tokens_per_s']:.2f}x python-ort, "
+              f"{r['decode_tokens_per_s'] / bound:.2f}x the bandwidth bound; prefill "
+              + ", ".join(f"{n}: {ms / pms:.2f}x python-ort's time" for (n, ms), (_, pms) in zip(r["prefill_ms"], py["prefill_ms"])))
+
+
+if __name__ == "__main__":
+    main()
