@@ -4,31 +4,13 @@
 mod common;
 
 use common::{
-    compile_with, reference_greedy, relative_error, tiny_config, token_ids, CACHE, CACHE_LAST,
-    PLAIN,
+    compile_with, greedy_with_logits, reference_greedy, relative_error, tiny_config, token_ids,
+    CACHE, CACHE_LAST, PLAIN,
 };
-use gptc::generate::generate;
-use gptc::reference::{argmax, Reference};
+use gptc::reference::Reference;
 use gptc::runtime::tract::TractRuntime;
-use gptc::runtime::Runtime;
 use gptc_graph::GptConfig;
 use ndarray::{Array1, Array3};
-
-/// Greedy generation that also records the last-position logits of every step, per row.
-fn greedy_with_logits(
-    runtime: &mut dyn Runtime,
-    prompts: &[Vec<i64>],
-    new_tokens: usize,
-    context: usize,
-) -> (Vec<Vec<i64>>, Vec<Vec<Array1<f32>>>) {
-    let mut seen = vec![Vec::new(); prompts.len()];
-    let ids = generate(runtime, prompts, new_tokens, context, |row, logits| {
-        seen[row].push(logits.to_owned());
-        Ok(argmax(logits) as i64)
-    })
-    .unwrap();
-    (ids, seen)
-}
 
 fn as_3d(v: &Array1<f32>) -> Array3<f32> {
     v.clone().into_shape_with_order((1, 1, v.len())).unwrap()

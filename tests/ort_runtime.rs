@@ -4,27 +4,13 @@
 
 mod common;
 
-use common::{compile_with, relative_error, tiny_config, token_ids, ALL_VARIANTS, CACHE};
-use gptc::generate::generate;
-use gptc::reference::argmax;
+use common::{
+    compile_with, greedy_with_logits, relative_error, tiny_config, token_ids, ALL_VARIANTS, CACHE,
+};
 use gptc::runtime::ort::{Device, OrtRuntime};
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::{Runtime, Step};
-use ndarray::{Array1, Array2};
-
-fn greedy_logits(
-    runtime: &mut dyn Runtime,
-    prompts: &[Vec<i64>],
-    new: usize,
-) -> (Vec<Vec<i64>>, Vec<Vec<Array1<f32>>>) {
-    let mut seen = vec![Vec::new(); prompts.len()];
-    let ids = generate(runtime, prompts, new, 64, |row, logits| {
-        seen[row].push(logits.to_owned());
-        Ok(argmax(logits) as i64)
-    })
-    .unwrap();
-    (ids, seen)
-}
+use ndarray::Array2;
 
 #[test]
 fn every_variant_gives_tracts_ids_and_logits() {
@@ -40,8 +26,8 @@ fn every_variant_gives_tracts_ids_and_logits() {
                 .iter()
                 .map(|&(n, salt)| token_ids(1, n, 50257, salt).row(0).to_vec())
                 .collect();
-            let (ort_ids, ort_logits) = greedy_logits(&mut ort, &prompts, 8);
-            let (tract_ids, tract_logits) = greedy_logits(&mut tract, &prompts, 8);
+            let (ort_ids, ort_logits) = greedy_with_logits(&mut ort, &prompts, 8, 64);
+            let (tract_ids, tract_logits) = greedy_with_logits(&mut tract, &prompts, 8, 64);
             assert_eq!(ort_ids, tract_ids, "{options:?}");
             for (row, (o, t)) in ort_logits.iter().zip(&tract_logits).enumerate() {
                 for (step, (o, t)) in o.iter().zip(t).enumerate() {
@@ -71,6 +57,25 @@ fn prefill_logits_agree_at_every_position() {
         Step { input_ids: &ids, attention_mask: Some(&mask), position_ids: Some(&positions) };
     let err = relative_error(&ort.run(&step).unwrap(), &tract.run(&step).unwrap());
     assert!(err < 1e-4, "relative error {err}");
+}
+
+/// The IoBinding path (the CUDA default, keeping the cache on the device) tested on CPU memory:
+/// the same ids and logits as plain runs, with a batch and across a cropping prefill.
+#[test]
+fn io_binding_runs_equal_plain_runs() {
+    let config = common::GptConfig { context_length: 24, ..tiny_config(2, true) };
+    let (bytes, _) = compile_with(&config, CACHE, 6);
+    let prompts: Vec<Vec<i64>> = [(5, 1), (11, 2)]
+        .iter()
+        .map(|&(n, salt)| token_ids(1, n, 50257, salt).row(0).to_vec())
+        .collect();
+    let mut plain = OrtRuntime::from_bytes(&bytes, Device::Cpu).unwrap();
+    let mut bound = OrtRuntime::from_bytes(&bytes, Device::Cpu).unwrap();
+    bound.set_io_binding(true);
+    let (plain_ids, plain_logits) = greedy_with_logits(&mut plain, &prompts, 20, 24);
+    let (bound_ids, bound_logits) = greedy_with_logits(&mut bound, &prompts, 20, 24);
+    assert_eq!(plain_ids, bound_ids);
+    assert_eq!(plain_logits, bound_logits);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use ndarray::{Array2, Array3};
 use ort::environment::Environment;
 use ort::ep;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, ValueType};
@@ -80,6 +81,7 @@ fn ort_error(context: &str) -> impl Fn(ort::Error) -> Error + '_ {
 pub struct OrtRuntime {
     session: Session,
     device: &'static str,
+    io_binding: bool,
     inputs: Vec<(String, InputRole)>,
     cache: Option<Cache>,
 }
@@ -164,7 +166,7 @@ impl OrtRuntime {
         } else {
             None
         };
-        Ok(OrtRuntime { session, device, inputs, cache })
+        Ok(OrtRuntime { session, device, io_binding: device == "cuda", inputs, cache })
     }
 }
 
@@ -173,17 +175,19 @@ impl Cache {
     fn past_value(&self, i: usize, key: bool, batch: usize) -> Result<SessionInputValue<'_>> {
         match self.past.get(i) {
             Some((k, v)) => Ok(if key { k.into() } else { v.into() }),
-            None => {
-                let shape = vec![batch, self.heads, 0, self.head_dim];
-                let empty = Tensor::<f32>::from_array((shape, Vec::<f32>::new()));
-                Ok(empty.map_err(ort_error("empty past"))?.into())
-            }
+            None => Ok(self.empty(batch)?.into()),
         }
+    }
+
+    /// The past of a new sequence: no positions yet.
+    fn empty(&self, batch: usize) -> Result<Tensor<f32>> {
+        let shape = vec![batch, self.heads, 0, self.head_dim];
+        Tensor::from_array((shape, Vec::<f32>::new())).map_err(ort_error("empty past"))
     }
 }
 
-fn ids_value(array: &Array2<i64>) -> Result<SessionInputValue<'static>> {
-    Ok(Tensor::from_array(array.clone()).map_err(ort_error("input"))?.into())
+fn ids_tensor(array: &Array2<i64>) -> Result<Tensor<i64>> {
+    Tensor::from_array(array.clone()).map_err(ort_error("input"))
 }
 
 impl Runtime for OrtRuntime {
@@ -202,16 +206,115 @@ impl Runtime for OrtRuntime {
     }
 
     fn run(&mut self, step: &Step) -> Result<Array3<f32>> {
+        if self.io_binding {
+            self.run_bound(step)
+        } else {
+            self.run_direct(step)
+        }
+    }
+}
+
+impl OrtRuntime {
+    /// Whether runs go through an `IoBinding` (on by default under CUDA, off on the CPU where
+    /// plain runs measured faster). Either way the cache is fed back without copies.
+    pub fn set_io_binding(&mut self, on: bool) {
+        self.io_binding = on;
+    }
+
+    /// Runs through an `IoBinding`: the cache outputs are bound to the session's device (GPU
+    /// memory under CUDA, so the cache never leaves the GPU between steps) and come back as
+    /// values that are bound, as they are, as the next step's past inputs. Logits are bound to
+    /// CPU memory: the driver reads them there.
+    fn run_bound(&mut self, step: &Step) -> Result<Array3<f32>> {
         let batch = step.input_ids.nrows();
         let needs = |what: Option<&Array2<i64>>, name: &str| {
             what.ok_or_else(|| Error::Input(format!("a KV-cache model needs {name}")))
-                .and_then(ids_value)
+                .and_then(ids_tensor)
+        };
+        let Self { session, inputs: names, cache, device, .. } = self;
+        let bind = |e: ort::Error| Error::Runtime(format!("ONNX Runtime: binding: {e}"));
+        let mut binding = session.create_binding().map_err(bind)?;
+        for (name, role) in names.iter() {
+            match (role, cache.as_ref()) {
+                (InputRole::InputIds, _) => binding.bind_input(name, &ids_tensor(step.input_ids)?),
+                (InputRole::AttentionMask, _) => {
+                    binding.bind_input(name, &needs(step.attention_mask, "attention_mask")?)
+                }
+                (InputRole::PositionIds, _) => {
+                    binding.bind_input(name, &needs(step.position_ids, "position_ids")?)
+                }
+                (InputRole::PastKey(i), Some(c)) => match c.past.get(*i) {
+                    Some((key, _)) => binding.bind_input(name, key),
+                    None => binding.bind_input(name, &c.empty(batch)?),
+                },
+                (InputRole::PastValue(i), Some(c)) => match c.past.get(*i) {
+                    Some((_, value)) => binding.bind_input(name, value),
+                    None => binding.bind_input(name, &c.empty(batch)?),
+                },
+                (_, None) => unreachable!("cache inputs imply a cache"),
+            }
+            .map_err(bind)?;
+        }
+        let cpu =
+            MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)
+                .map_err(bind)?;
+        binding.bind_output_to_device("logits", &cpu).map_err(bind)?;
+        if let Some(c) = cache.as_ref() {
+            let on_device = if *device == "cuda" {
+                MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    0,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )
+                .map_err(bind)?
+            } else {
+                cpu.clone()
+            };
+            for i in 0..c.layers {
+                for part in ["key", "value"] {
+                    binding
+                        .bind_output_to_device(format!("present.{i}.{part}"), &on_device)
+                        .map_err(bind)?;
+                }
+            }
+        }
+        let mut outputs = session.run_binding(&binding).map_err(ort_error("running"))?;
+        let (shape, data) =
+            outputs["logits"].try_extract_tensor::<f32>().map_err(ort_error("reading logits"))?;
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let logits = Array3::from_shape_vec((shape[0], shape[1], shape[2]), data.to_vec())
+            .map_err(|e| Error::Runtime(format!("ONNX Runtime: logits shape: {e}")))?;
+        if let Some(cache) = cache {
+            let mut present = Vec::with_capacity(cache.layers);
+            for i in 0..cache.layers {
+                let mut take = |part: &str| {
+                    outputs.remove(format!("present.{i}.{part}").as_str()).ok_or_else(|| {
+                        Error::Input(format!("the model has no `present.{i}.{part}` output"))
+                    })
+                };
+                present.push((take("key")?, take("value")?));
+            }
+            drop(outputs);
+            cache.past = present;
+        }
+        Ok(logits)
+    }
+
+    /// Runs with plain inputs and outputs: the present values come back as ONNX Runtime
+    /// allocated them and are passed, as they are, as the next step's past (no copy).
+    fn run_direct(&mut self, step: &Step) -> Result<Array3<f32>> {
+        let batch = step.input_ids.nrows();
+        let needs = |what: Option<&Array2<i64>>, name: &str| {
+            what.ok_or_else(|| Error::Input(format!("a KV-cache model needs {name}")))
+                .and_then(ids_tensor)
+                .map(SessionInputValue::from)
         };
         let Self { session, inputs: names, cache, .. } = self;
         let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(names.len());
         for (name, role) in names.iter() {
             let value = match (role, cache.as_ref()) {
-                (InputRole::InputIds, _) => ids_value(step.input_ids)?,
+                (InputRole::InputIds, _) => ids_tensor(step.input_ids)?.into(),
                 (InputRole::AttentionMask, _) => needs(step.attention_mask, "attention_mask")?,
                 (InputRole::PositionIds, _) => needs(step.position_ids, "position_ids")?,
                 (InputRole::PastKey(i), Some(c)) => c.past_value(*i, true, batch)?,

@@ -4,8 +4,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use gptc::generate::generate;
 use gptc::reference::{argmax, Reference};
-use gptc_graph::{build_model, file, GptConfig, GraphOptions, RandomInit, Recording, TensorMap};
+use gptc::runtime::Runtime;
+pub use gptc_graph::GptConfig;
+use gptc_graph::{build_model, file, GraphOptions, RandomInit, Recording, TensorMap};
 use ndarray::{s, Array1, Array2, Array3};
 
 /// A small GPT-2: the real vocabulary and tokenizer, a few narrow layers.
@@ -100,4 +103,20 @@ pub fn reference_greedy(
         logits_seen.push(last);
     }
     (ids.split_off(prompt.len()), logits_seen)
+}
+
+/// Greedy generation that also records the last-position logits of every step, per row.
+pub fn greedy_with_logits(
+    runtime: &mut dyn Runtime,
+    prompts: &[Vec<i64>],
+    new_tokens: usize,
+    context: usize,
+) -> (Vec<Vec<i64>>, Vec<Vec<Array1<f32>>>) {
+    let mut seen = vec![Vec::new(); prompts.len()];
+    let ids = generate(runtime, prompts, new_tokens, context, |row, logits| {
+        seen[row].push(logits.to_owned());
+        Ok(argmax(logits) as i64)
+    })
+    .unwrap();
+    (ids, seen)
 }
