@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use ndarray::ArrayView1;
 
-use crate::generate::generate;
+use crate::generate::{generate, Next};
 use crate::reference::argmax;
 use crate::runtime::Runtime;
 use crate::Result;
@@ -46,7 +46,9 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
 /// plain graph, its one full forward).
 pub fn prefill_seconds(runtime: &mut dyn Runtime, prompt: &[i64], context: usize) -> Result<f64> {
     let start = Instant::now();
-    generate(runtime, &[prompt.to_vec()], 1, context, |_, logits| Ok(argmax(logits) as i64))?;
+    generate(runtime, &[prompt.to_vec()], 1, context, |_, logits| {
+        Ok(Next::Token(argmax(logits) as i64))
+    })?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -61,7 +63,7 @@ pub fn decode_tokens_per_second(
     let mut stamps = Vec::with_capacity(new_tokens);
     generate(runtime, &[prompt.to_vec()], new_tokens, context, |_, logits: ArrayView1<f32>| {
         stamps.push(Instant::now());
-        Ok(argmax(logits) as i64)
+        Ok(Next::Token(argmax(logits) as i64))
     })?;
     let (Some(first), Some(last)) = (stamps.first(), stamps.last()) else {
         return Ok(0.0);

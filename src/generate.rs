@@ -10,8 +10,19 @@ use crate::Result;
 /// Fills the left of shorter prompts in a batch; masked out, so any valid id serves.
 const PAD_ID: i64 = 0;
 
-/// Generates `max_new_tokens` for each prompt, choosing each token with `pick` from the logits
-/// of the last position. Returns the new ids of each prompt.
+/// What `pick` decided for a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Append this token and go on.
+    Token(i64),
+    /// Append this token, then stop this row (e.g. it completed a stop string).
+    Last(i64),
+    /// Stop this row without appending (e.g. the end-of-text token).
+    Stop,
+}
+
+/// Generates up to `max_new_tokens` for each prompt, choosing each token with `pick` from the
+/// logits of the last position, until every row has stopped. Returns the new ids of each prompt.
 ///
 /// Every row sees what the book's `generate_text_simple` sees: at most the last `context`
 /// tokens, with positions counted from the start of that window. Without a cache the whole
@@ -24,9 +35,20 @@ pub fn generate(
     prompts: &[Vec<i64>],
     max_new_tokens: usize,
     context: usize,
-    mut pick: impl FnMut(usize, ArrayView1<f32>) -> Result<i64>,
+    mut pick: impl FnMut(usize, ArrayView1<f32>) -> Result<Next>,
 ) -> Result<Vec<Vec<i64>>> {
     let mut sequences = prompts.to_vec();
+    let mut done = vec![false; prompts.len()];
+    // Applies a decision; a stopped row keeps its last token as the next input (its outputs
+    // are no longer read), so the batch stays rectangular.
+    let apply = |next: Next, sequence: &mut Vec<i64>, done: &mut bool| match next {
+        Next::Token(id) => sequence.push(id),
+        Next::Last(id) => {
+            sequence.push(id);
+            *done = true;
+        }
+        Next::Stop => *done = true,
+    };
     if runtime.has_cache() {
         let mut cache = CacheState::default();
         for _ in 0..max_new_tokens {
@@ -36,7 +58,12 @@ pub fn generate(
             }
             let logits = runtime.run(&step.as_step())?;
             for (row, sequence) in sequences.iter_mut().enumerate() {
-                sequence.push(pick(row, logits.slice(s![row, -1, ..]))?);
+                if !done[row] {
+                    apply(pick(row, logits.slice(s![row, -1, ..]))?, sequence, &mut done[row]);
+                }
+            }
+            if done.iter().all(|&d| d) {
+                break;
             }
         }
     } else {
@@ -46,7 +73,10 @@ pub fn generate(
                 let input_ids = Array2::from_shape_vec((1, window.len()), window.to_vec())
                     .expect("one row of window length");
                 let logits = runtime.run(&Step::ids_only(&input_ids))?;
-                sequence.push(pick(row, logits.slice(s![0, -1, ..]))?);
+                apply(pick(row, logits.slice(s![0, -1, ..]))?, sequence, &mut done[row]);
+                if done[row] {
+                    break;
+                }
             }
         }
     }
@@ -61,7 +91,7 @@ pub fn greedy(
     context: usize,
 ) -> Result<Vec<i64>> {
     let mut rows = generate(runtime, &[prompt.to_vec()], max_new_tokens, context, |_, logits| {
-        Ok(argmax(logits) as i64)
+        Ok(Next::Token(argmax(logits) as i64))
     })?;
     Ok(rows.remove(0))
 }

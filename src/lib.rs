@@ -8,6 +8,8 @@ pub mod generate;
 pub mod inspect;
 pub mod reference;
 pub mod runtime;
+pub mod sampling;
+pub mod stream;
 pub mod tokenizer;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +20,8 @@ pub enum Error {
     Runtime(String),
     #[error("{0}")]
     Input(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -7,11 +7,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use gptc::generate::Next;
 use gptc::inspect;
 use gptc::runtime::ort::{Device, OrtRuntime};
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::Runtime;
-use gptc::tokenizer::Tokenizer;
+use gptc::sampling::{Sampler, SamplingConfig};
+use gptc::stream::Utf8Stream;
+use gptc::tokenizer::{Tokenizer, GPT2_VOCAB_SIZE};
 use gptc_graph::{file, GptConfig, GraphOptions, ParameterCount, RandomInit};
 
 #[derive(Parser)]
@@ -156,8 +159,17 @@ enum RuntimeKind {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// The prompt text.
-    prompt: String,
+    /// Prompts; several run as one left-padded batch.
+    prompts: Vec<String>,
+    /// More prompts, one per line.
+    #[arg(long, value_name = "FILE")]
+    prompt_file: Option<PathBuf>,
+    /// Token ids instead of text, comma-separated (e.g. 15496,11,314,716).
+    #[arg(long, value_name = "IDS", conflicts_with_all = ["prompts", "prompt_file"])]
+    ids: Option<String>,
+    /// Read `<|endoftext|>` in a prompt as the special token, not as text.
+    #[arg(long)]
+    allow_special: bool,
     /// An exported .onnx file; without it, gpt2-small (or the given config) is compiled in memory.
     #[arg(long, value_name = "FILE.onnx")]
     model: Option<PathBuf>,
@@ -165,7 +177,7 @@ struct GenerateArgs {
     config: ConfigArgs,
     /// Seed of the random init when compiling in memory.
     #[arg(long, default_value_t = 123)]
-    seed: u64,
+    init_seed: u64,
     /// Compile in memory without the KV cache (every token re-runs the whole window).
     #[arg(long, conflicts_with = "model")]
     no_kv_cache: bool,
@@ -176,9 +188,31 @@ struct GenerateArgs {
     device: Device,
     #[arg(long, default_value_t = 10)]
     max_new_tokens: usize,
-    /// Print one JSON object (prompt, prompt_ids, output_ids, text, runtime) instead of the text.
+    /// 0 (the default) is greedy; above 0, sample from softmax(logits / T).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    temperature: f32,
+    #[arg(long, allow_negative_numbers = true)]
+    top_k: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    top_p: Option<f32>,
+    /// Sampling seed: the same seed gives the same text on the same runtime.
+    #[arg(long, default_value_t = 123)]
+    seed: u64,
+    /// Stop at <|endoftext|> (the default when sampling).
+    #[arg(long, conflicts_with = "ignore_eos")]
+    eos: bool,
+    /// Go on past <|endoftext|>.
     #[arg(long)]
+    ignore_eos: bool,
+    /// Stop when the new text contains this string (repeatable).
+    #[arg(long, value_name = "STRING")]
+    stop: Vec<String>,
+    /// Print one JSON object per prompt at the end (prompt, prompt_ids, output_ids, text, runtime).
+    #[arg(long, conflicts_with = "json_lines")]
     json: bool,
+    /// Print one JSON object per token as it is decoded, then one per prompt.
+    #[arg(long)]
+    json_lines: bool,
     /// With --json: also each step's last-position logits (`step_logits`), for cross-checks.
     #[arg(long, requires = "json")]
     with_logits: bool,
@@ -237,6 +271,19 @@ fn main() {
         Command::Check(args) => check(args),
     };
     if let Err(e) = result {
+        // A reader that stopped reading (`gptc generate ... | head -c 10`) ends us quietly.
+        let broken_pipe = e.chain().any(|cause| {
+            let io = cause.downcast_ref::<std::io::Error>().or(
+                match cause.downcast_ref::<gptc::Error>() {
+                    Some(gptc::Error::Io(io)) => Some(io),
+                    _ => None,
+                },
+            );
+            io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            std::process::exit(0);
+        }
         let message = format!("{e:#}").replace('\n', " ");
         eprintln!("error: {message}");
         std::process::exit(1);
@@ -293,6 +340,7 @@ fn load_runtime(
         }
         None => {
             let config = config_args.resolve()?;
+            check_fits_in_memory(ParameterCount::of(&config).total() as u64 * 4)?;
             let model =
                 gptc_graph::build_model(&config, options, &mut RandomInit { seed }, Some(seed))?;
             (file::encode(&model), config)
@@ -305,57 +353,201 @@ fn load_runtime(
     Ok((runtime, config))
 }
 
+/// GPT-2's end-of-text token.
+const END_OF_TEXT: i64 = 50256;
+
+/// Bytes this machine can still give (Linux `MemAvailable`).
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Refuses, before allocating, a model whose weights cannot fit: loading holds the weights about
+/// 2.5 times over at its peak (1.56 GB measured for gpt2-small's 0.65 GB).
+fn check_fits_in_memory(weight_bytes: u64) -> Result<()> {
+    let needed = weight_bytes * 5 / 2;
+    if let Some(available) = available_memory() {
+        if needed > available {
+            bail!(
+                "the model needs about {:.1} GB of memory to load and this machine has {:.1} GB available",
+                needed as f64 / 1e9,
+                available as f64 / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
 fn generate(args: GenerateArgs) -> Result<()> {
     let tokenizer = Tokenizer::gpt2();
-    let prompt_ids = tokenizer.encode(&args.prompt);
-    if prompt_ids.is_empty() {
-        bail!("the prompt is empty: give some text to continue");
+    let sampling = SamplingConfig {
+        temperature: args.temperature,
+        top_k: match args.top_k {
+            Some(k) if k <= 0 => bail!("--top-k must be at least 1, got {k}"),
+            k => k.map(|k| k as usize),
+        },
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let mut sampler = Sampler::new(sampling.clone())?;
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
     }
+    let mut texts = args.prompts.clone();
+    if let Some(path) = &args.prompt_file {
+        let content =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        texts.extend(content.lines().filter(|l| !l.trim().is_empty()).map(String::from));
+    }
+    if args.ids.is_none() && texts.is_empty() {
+        bail!("no prompt: give one or more prompts, --prompt-file or --ids");
+    }
+    if let Some(empty) = texts.iter().position(|t| t.is_empty()) {
+        bail!("prompt {} is empty: give some text to continue", empty + 1);
+    }
+
     // Generating reads only the last position's logits.
     let options = GraphOptions { kv_cache: !args.no_kv_cache, last_token_logits: true };
     let (mut runtime, config) = load_runtime(
         args.model.as_deref(),
         &args.config,
-        args.seed,
+        args.init_seed,
         options,
         args.runtime,
         args.device,
     )?;
-    if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= config.vocab_size) {
-        bail!("prompt token {id} is outside the model's vocabulary of {}", config.vocab_size);
+    let prompts: Vec<Vec<i64>> = match &args.ids {
+        Some(ids) => {
+            let ids = gptc::tokenizer::parse_ids(ids, config.vocab_size)?;
+            if ids.is_empty() {
+                bail!("--ids is empty: give some token ids");
+            }
+            vec![ids]
+        }
+        None => {
+            if config.vocab_size > GPT2_VOCAB_SIZE {
+                bail!(
+                    "the model's vocabulary ({}) is larger than GPT-2's BPE ({GPT2_VOCAB_SIZE}): pass --ids and read output_ids with --json",
+                    config.vocab_size
+                );
+            }
+            let encode = |t: &String| {
+                if args.allow_special {
+                    tokenizer.encode_with_special(t)
+                } else {
+                    tokenizer.encode(t)
+                }
+            };
+            texts.iter().map(encode).collect()
+        }
+    };
+    for (i, prompt) in prompts.iter().enumerate() {
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= config.vocab_size) {
+            bail!(
+                "prompt {} has token {id}, outside the model's vocabulary of {}",
+                i + 1,
+                config.vocab_size
+            );
+        }
+        if prompt.len() > config.context_length {
+            eprintln!(
+                "gptc: prompt {} has {} tokens; the model sees only the last {} (its context)",
+                i + 1,
+                prompt.len(),
+                config.context_length
+            );
+        }
     }
-    let mut step_logits: Vec<Vec<f32>> = Vec::new();
-    let new_ids = gptc::generate::generate(
+
+    let stop_at_eos = args.eos || (!sampling.is_greedy() && !args.ignore_eos);
+    let decode_text = args.ids.is_none() || config.vocab_size <= GPT2_VOCAB_SIZE;
+    let stream_text = prompts.len() == 1 && !args.json && !args.json_lines && decode_text;
+    let mut streams: Vec<Utf8Stream> = prompts.iter().map(|_| Utf8Stream::default()).collect();
+    let mut new_texts = vec![String::new(); prompts.len()];
+    let mut step_logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
+    let mut stdout = std::io::stdout().lock();
+    if stream_text {
+        write!(stdout, "{}", tokenizer.decode(&prompts[0])?)?;
+        stdout.flush()?;
+    }
+    let start = Instant::now();
+    let mut first_token_at = None;
+    let mut new_tokens = 0usize;
+    let outputs = gptc::generate::generate(
         runtime.as_mut(),
-        std::slice::from_ref(&prompt_ids),
+        &prompts,
         args.max_new_tokens,
         config.context_length,
-        |_, logits| {
+        |row, logits| {
+            first_token_at.get_or_insert_with(|| start.elapsed());
             if args.with_logits {
-                step_logits.push(logits.to_vec());
+                step_logits[row].push(logits.to_vec());
             }
-            Ok(gptc::reference::argmax(logits) as i64)
+            let id = sampler.pick(logits);
+            if stop_at_eos && id == END_OF_TEXT {
+                return Ok(Next::Stop);
+            }
+            new_tokens += 1;
+            let piece = if decode_text {
+                streams[row].push(&tokenizer.decode_bytes(&[id])?)
+            } else {
+                String::new()
+            };
+            new_texts[row].push_str(&piece);
+            let stopped = args.stop.iter().any(|s| new_texts[row].contains(s.as_str()));
+            let io = |e: std::io::Error| gptc::Error::Io(e);
+            if stream_text {
+                write!(stdout, "{piece}").and_then(|_| stdout.flush()).map_err(io)?;
+            } else if args.json_lines {
+                let event =
+                    serde_json::json!({"event": "token", "row": row, "id": id, "text": piece});
+                writeln!(stdout, "{event}").map_err(io)?;
+            }
+            Ok(if stopped { Next::Last(id) } else { Next::Token(id) })
         },
-    )?
-    .remove(0);
-    let all_ids: Vec<i64> = prompt_ids.iter().chain(&new_ids).copied().collect();
-    let text = tokenizer.decode(&all_ids)?;
-    let mut stdout = std::io::stdout().lock();
-    if args.json {
-        let mut object = serde_json::json!({
-            "prompt": args.prompt,
-            "prompt_ids": prompt_ids,
-            "output_ids": new_ids,
-            "text": text,
-            "runtime": runtime.name(),
-        });
-        if args.with_logits {
-            object["step_logits"] = serde_json::json!(step_logits);
+    )?;
+    let elapsed = start.elapsed();
+
+    for (row, (prompt, new_ids)) in prompts.iter().zip(&outputs).enumerate() {
+        let tail = streams[row].finish();
+        new_texts[row].push_str(&tail);
+        if let Some(cut) = args.stop.iter().filter_map(|s| new_texts[row].find(s.as_str())).min() {
+            new_texts[row].truncate(cut);
         }
-        writeln!(stdout, "{object}")?;
-    } else {
-        writeln!(stdout, "{text}")?;
+        let prompt_text = if decode_text { tokenizer.decode(prompt)? } else { String::new() };
+        let text = format!("{prompt_text}{}", new_texts[row]);
+        if stream_text {
+            writeln!(stdout, "{tail}")?;
+        } else if args.json || args.json_lines {
+            let mut object = serde_json::json!({
+                "prompt": texts.get(row).cloned().unwrap_or(prompt_text),
+                "prompt_ids": prompt,
+                "output_ids": new_ids,
+                "text": text,
+                "runtime": runtime.name(),
+            });
+            if args.json_lines {
+                object["event"] = "done".into();
+            }
+            if args.with_logits {
+                object["step_logits"] = serde_json::json!(step_logits[row]);
+            }
+            writeln!(stdout, "{object}")?;
+        } else {
+            writeln!(stdout, "{text}")?;
+        }
     }
+    stdout.flush()?;
+    let decode_s = elapsed.saturating_sub(first_token_at.unwrap_or_default()).as_secs_f64();
+    let later_tokens = new_tokens.saturating_sub(prompts.len());
+    eprintln!(
+        "gptc: {} prompt tokens, {new_tokens} new tokens, time to first token {:.0} ms, {:.1} tokens/s ({})",
+        prompts.iter().map(Vec::len).sum::<usize>(),
+        first_token_at.unwrap_or_default().as_secs_f64() * 1e3,
+        if decode_s > 0.0 { later_tokens as f64 / decode_s } else { 0.0 },
+        runtime.name()
+    );
     Ok(())
 }
 

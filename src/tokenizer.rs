@@ -21,8 +21,13 @@ impl Tokenizer {
         self.bpe.encode_ordinary(text).into_iter().map(i64::from).collect()
     }
 
-    /// Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD.
-    pub fn decode(&self, ids: &[i64]) -> Result<String> {
+    /// Encodes text, reading `<|endoftext|>` as the special token (50256).
+    pub fn encode_with_special(&self, text: &str) -> Vec<i64> {
+        self.bpe.encode_with_special_tokens(text).into_iter().map(i64::from).collect()
+    }
+
+    /// The bytes of ids (a token may hold part of a UTF-8 character).
+    pub fn decode_bytes(&self, ids: &[i64]) -> Result<Vec<u8>> {
         let ranks = ids
             .iter()
             .map(|&id| {
@@ -31,10 +36,31 @@ impl Tokenizer {
                 )
             })
             .collect::<Result<Vec<u32>>>()?;
-        let bytes =
-            self.bpe.decode_bytes(&ranks).map_err(|e| Error::Input(format!("decoding: {e}")))?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        self.bpe.decode_bytes(&ranks).map_err(|e| Error::Input(format!("decoding: {e}")))
     }
+
+    /// Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD.
+    pub fn decode(&self, ids: &[i64]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.decode_bytes(ids)?).into_owned())
+    }
+}
+
+/// `"15496, 11,314"` -> ids, each checked against the model's vocabulary.
+pub fn parse_ids(text: &str, vocab_size: usize) -> Result<Vec<i64>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let id: i64 =
+                t.parse().map_err(|_| Error::Input(format!("--ids: `{t}` is not a token id")))?;
+            if id < 0 || id as usize >= vocab_size {
+                return Err(Error::Input(format!(
+                    "--ids: token id {id} is outside the model's vocabulary of {vocab_size}"
+                )));
+            }
+            Ok(id)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -46,6 +72,14 @@ mod tests {
         let t = Tokenizer::gpt2();
         assert_eq!(t.encode("Hello, I am"), vec![15496, 11, 314, 716]);
         assert_eq!(t.decode(&[15496, 11, 314, 716]).unwrap(), "Hello, I am");
+    }
+
+    #[test]
+    fn ids_parse_and_are_checked() {
+        assert_eq!(parse_ids("15496, 11,314", 50257).unwrap(), [15496, 11, 314]);
+        assert!(parse_ids("1,x", 50257).unwrap_err().to_string().contains("`x`"));
+        assert!(parse_ids("1,50257", 50257).unwrap_err().to_string().contains("50257"));
+        assert!(parse_ids("-1", 50257).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod file;
 pub mod gpt2;
 pub mod onnx;
+pub mod rng;
 pub mod weights;
 
 pub use config::{GptConfig, ParameterCount};

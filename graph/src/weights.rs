@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::rng::Xoshiro256;
 use crate::{Error, Result};
 
 /// How an untrained parameter starts, following GPT-2's `_init_weights`.
@@ -63,7 +64,7 @@ impl WeightSource for RandomInit {
 /// and twice as fast as double.
 fn fill_normal(rng: &mut Xoshiro256, out: &mut [f32], std: f32) {
     // 24 random bits: every value is exact in f32, spread over [-1, 1).
-    let mut uniform = || (rng.next() >> 40) as f32 * (2.0 / (1u32 << 24) as f32) - 1.0;
+    let mut uniform = || (rng.next_u64() >> 40) as f32 * (2.0 / (1u32 << 24) as f32) - 1.0;
     for pair in out.chunks_mut(2) {
         let (u, v, s) = loop {
             let (u, v) = (uniform(), uniform());
@@ -82,36 +83,6 @@ fn fill_normal(rng: &mut Xoshiro256, out: &mut [f32], std: f32) {
 
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// xoshiro256++ (Blackman and Vigna), seeded through splitmix64 as its authors recommend.
-struct Xoshiro256([u64; 4]);
-
-impl Xoshiro256 {
-    fn new(seed: u64) -> Xoshiro256 {
-        let mut sm = seed;
-        let mut next = || {
-            sm = sm.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = sm;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        Xoshiro256([next(), next(), next(), next()])
-    }
-
-    fn next(&mut self) -> u64 {
-        let s = &mut self.0;
-        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        result
-    }
 }
 
 /// A dense float32 tensor with its shape.

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use gptc::generate::generate;
+use gptc::generate::{generate, Next};
 use gptc::reference::{argmax, Reference};
 use gptc::runtime::Runtime;
 pub use gptc_graph::GptConfig;
@@ -115,7 +115,7 @@ pub fn greedy_with_logits(
     let mut seen = vec![Vec::new(); prompts.len()];
     let ids = generate(runtime, prompts, new_tokens, context, |row, logits| {
         seen[row].push(logits.to_owned());
-        Ok(argmax(logits) as i64)
+        Ok(Next::Token(argmax(logits) as i64))
     })
     .unwrap();
     (ids, seen)

@@ -1,0 +1,81 @@
+//! Property-based fuzzing of the parsers and the model loader: any input gives a value or an
+//! error, never a panic.
+
+use gptc::runtime::tract::TractRuntime;
+use gptc_graph::{build_model, file, GptConfig, GraphOptions, RandomInit};
+use proptest::prelude::*;
+
+fn small_model() -> Vec<u8> {
+    let config = GptConfig {
+        vocab_size: 50,
+        context_length: 8,
+        emb_dim: 8,
+        n_heads: 2,
+        n_layers: 1,
+        drop_rate: 0.0,
+        qkv_bias: true,
+    };
+    let options = GraphOptions { kv_cache: true, last_token_logits: false };
+    file::encode(&build_model(&config, options, &mut RandomInit { seed: 1 }, Some(1)).unwrap())
+}
+
+/// Cases per property: a quick 512 in the test suite; set GPTC_FUZZ_CASES for a long session.
+fn cases(default: u32) -> u32 {
+    std::env::var("GPTC_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
+
+    #[test]
+    fn config_json_never_panics(text in ".{0,200}") {
+        let _ = GptConfig::from_json(&text);
+    }
+
+    #[test]
+    fn config_json_with_any_numbers_never_panics(
+        vocab in any::<i64>(), ctx in any::<u64>(), emb in any::<u64>(), heads in any::<u64>(),
+        layers in any::<u64>(), drop in any::<f64>(), bias in any::<bool>(),
+    ) {
+        let text = format!(
+            r#"{{"vocab_size": {vocab}, "context_length": {ctx}, "emb_dim": {emb}, "n_heads": {heads}, "n_layers": {layers}, "drop_rate": {drop}, "qkv_bias": {bias}}}"#
+        );
+        if let Ok(config) = GptConfig::from_json(&text) {
+            prop_assert!(config.emb_dim % config.n_heads == 0 && config.n_layers > 0);
+        }
+    }
+
+    #[test]
+    fn ids_parser_never_panics(text in "[0-9, x-]{0,40}", vocab in 1usize..60000) {
+        if let Ok(ids) = gptc::tokenizer::parse_ids(&text, vocab) {
+            prop_assert!(ids.iter().all(|&id| id >= 0 && (id as usize) < vocab));
+        }
+    }
+
+    #[test]
+    fn random_bytes_are_not_a_model(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let path = std::path::Path::new("random.onnx");
+        let _ = file::decode_model(path, &bytes);
+        let _ = file::stored_config_of_bytes(path, &bytes);
+        let _ = TractRuntime::from_bytes(&bytes);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(128), ..ProptestConfig::default() })]
+
+    /// A real model with bytes overwritten or cut: every loader answers with an error or a model.
+    #[test]
+    fn damaged_models_never_panic(cut in 0usize..100_000, flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let mut bytes = small_model();
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        bytes.truncate(bytes.len().min(cut.max(1)));
+        let path = std::path::Path::new("damaged.onnx");
+        let _ = file::decode_model(path, &bytes);
+        let _ = file::stored_config_of_bytes(path, &bytes);
+        let _ = TractRuntime::from_bytes(&bytes);
+    }
+}
