@@ -17,7 +17,8 @@ pub fn declared_options(model: &ModelProto) -> GraphOptions {
         .find(|o| o.name == "logits")
         .and_then(ValueInfoProto::tensor_signature)
         .is_some_and(|(_, dims)| dims.get(1) == Some(&Some(Dim::Fixed(1))));
-    GraphOptions { kv_cache, last_token_logits }
+    let tie_weights = !graph.initializer.iter().any(|t| t.name == "lm_head.weight");
+    GraphOptions { kv_cache, last_token_logits, tie_weights }
 }
 
 fn from_signature(t: &TensorSignature) -> InferredTensor {
@@ -94,7 +95,8 @@ pub fn check_model(bytes: &[u8], model: &ModelProto, config: &GptConfig) -> Resu
     )?;
 
     let stored = crate::inspect::weight_values(model);
-    let wanted = gptc_graph::ParameterCount::of(config).total();
+    let count = gptc_graph::ParameterCount::of(config);
+    let wanted = if options.tie_weights { count.total_tied() } else { count.total() };
     if stored != wanted {
         return Err(Error::Input(format!(
             "weights: the file stores {stored} values, the config has {wanted} parameters"

@@ -15,7 +15,8 @@ use gptc::runtime::Runtime;
 use gptc::sampling::{Sampler, SamplingConfig};
 use gptc::stream::Utf8Stream;
 use gptc::tokenizer::{Tokenizer, GPT2_VOCAB_SIZE};
-use gptc_graph::{file, GptConfig, GraphOptions, ParameterCount, RandomInit};
+use gptc_graph::onnx::ModelProto;
+use gptc_graph::{checkpoint, file, GptConfig, GraphOptions, ParameterCount, RandomInit};
 
 #[derive(Parser)]
 #[command(name = "gptc", version, about = "Compile GPT-2 to ONNX and generate text with it")]
@@ -127,16 +128,28 @@ struct GraphArgs {
     /// Logits for the last position only: [batch_size, 1, vocab_size].
     #[arg(long)]
     last_token_logits: bool,
+    /// One matrix for the token embedding and the output head (GPT-2's layout). The default for
+    /// imported weights without an `lm_head.weight`.
+    #[arg(long)]
+    tie_weights: bool,
 }
 
 impl GraphArgs {
     fn options(self) -> GraphOptions {
-        GraphOptions { kv_cache: !self.no_kv_cache, last_token_logits: self.last_token_logits }
+        GraphOptions {
+            kv_cache: !self.no_kv_cache,
+            last_token_logits: self.last_token_logits,
+            tie_weights: self.tie_weights,
+        }
     }
 }
 
 #[derive(Args)]
 struct ExportArgs {
+    /// Trained weights: a Hugging Face GPT-2 folder (config.json and model.safetensors, or
+    /// shards with their index), or one .safetensors file with --preset or --config.
+    #[arg(long, value_name = "DIR|FILE")]
+    weights: Option<PathBuf>,
     #[command(flatten)]
     model: ConfigArgs,
     #[command(flatten)]
@@ -173,6 +186,9 @@ struct GenerateArgs {
     /// An exported .onnx file; without it, gpt2-small (or the given config) is compiled in memory.
     #[arg(long, value_name = "FILE.onnx")]
     model: Option<PathBuf>,
+    /// Compile in memory from trained weights (as `gptc export --weights`).
+    #[arg(long, value_name = "DIR|FILE", conflicts_with = "model")]
+    weights: Option<PathBuf>,
     #[command(flatten)]
     config: ConfigArgs,
     /// Seed of the random init when compiling in memory.
@@ -263,12 +279,27 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let result = match cli.command {
+    // Panics are caught where a dependency may raise them on bad input (tract on malformed
+    // models) and reported as errors; any other is a bug, reported below in one line.
+    std::panic::set_hook(Box::new(|_| {}));
+    let run = std::panic::catch_unwind(|| match cli.command {
         Command::Export(args) => export(args),
         Command::Generate(args) => generate(args),
         Command::Inspect(args) => inspect(args),
         Command::Bench(args) => bench(args),
         Command::Check(args) => check(args),
+    });
+    let result = match run {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            eprintln!("error: internal error, a bug in gptc: {message}");
+            std::process::exit(101);
+        }
     };
     if let Err(e) = result {
         // A reader that stopped reading (`gptc generate ... | head -c 10`) ends us quietly.
@@ -290,22 +321,54 @@ fn main() {
     }
 }
 
+/// Builds the model from trained weights (`weights`) or GPT-2's seeded init; returns it with
+/// its config and the options it was built with.
+fn compile(
+    config_args: &ConfigArgs,
+    mut options: GraphOptions,
+    weights: Option<&Path>,
+    seed: u64,
+) -> Result<(GptConfig, GraphOptions, ModelProto)> {
+    let Some(weights) = weights else {
+        let config = config_args.resolve()?;
+        check_fits_in_memory(ParameterCount::of(&config).total() as u64 * 4)?;
+        let model =
+            gptc_graph::build_model(&config, options, &mut RandomInit { seed }, Some(seed))?;
+        return Ok((config, options, model));
+    };
+    let (config, mut checkpoint) = if weights.is_dir() {
+        if config_args.any_given() {
+            bail!("{} is a checkpoint folder: its config.json gives the config", weights.display());
+        }
+        checkpoint::read_hf_dir(weights)?
+    } else {
+        if !config_args.any_given() {
+            bail!("{} is a bare .safetensors file: say which model it holds with --preset or --config", weights.display());
+        }
+        let config = config_args.resolve()?;
+        let tensors = checkpoint::read_safetensors(&[weights.to_path_buf()], &config)?;
+        (config, checkpoint::Checkpoint::new(tensors))
+    };
+    // GPT-2 ties its head to the token embedding; a checkpoint with its own head keeps it.
+    options.tie_weights |= !checkpoint.has("lm_head.weight");
+    let model = gptc_graph::build_model(&config, options, &mut checkpoint, None)?;
+    checkpoint.check_all_used()?;
+    Ok((config, options, model))
+}
+
 fn export(args: ExportArgs) -> Result<()> {
-    let config = args.model.resolve()?;
     let start = Instant::now();
-    let model = gptc_graph::build_model(
-        &config,
-        args.graph.options(),
-        &mut RandomInit { seed: args.seed },
-        Some(args.seed),
-    )?;
+    let (config, options, model) =
+        compile(&args.model, args.graph.options(), args.weights.as_deref(), args.seed)?;
     file::write_model(&args.output, &model)?;
     let count = ParameterCount::of(&config);
+    let parameters = if options.tie_weights { count.total_tied() } else { count.total() };
     eprintln!(
-        "wrote {} ({} parameters, {:.2} MB) in {:.2} s",
+        "wrote {} ({} parameters{}, {:.2} MB) in {:.2} s",
         args.output.display(),
-        inspect::thousands(count.total()),
-        count.megabytes_f32(),
+        inspect::thousands(parameters),
+        if options.tie_weights { ", tied" } else { "" },
+        (parameters * 4) as f64 / (1024.0 * 1024.0),
         start.elapsed().as_secs_f64()
     );
     Ok(())
@@ -314,6 +377,7 @@ fn export(args: ExportArgs) -> Result<()> {
 /// Loads `--model`, or compiles the config in memory; returns the runtime and the config.
 fn load_runtime(
     model: Option<&Path>,
+    weights: Option<&Path>,
     config_args: &ConfigArgs,
     seed: u64,
     options: GraphOptions,
@@ -325,6 +389,10 @@ fn load_runtime(
     }
     let (bytes, config) = match model {
         Some(path) => {
+            let size = std::fs::metadata(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .len();
+            check_fits_in_memory(size)?;
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let stored = file::stored_config_of_bytes(path, &bytes)?;
@@ -339,10 +407,7 @@ fn load_runtime(
             (bytes, config)
         }
         None => {
-            let config = config_args.resolve()?;
-            check_fits_in_memory(ParameterCount::of(&config).total() as u64 * 4)?;
-            let model =
-                gptc_graph::build_model(&config, options, &mut RandomInit { seed }, Some(seed))?;
+            let (config, _, model) = compile(config_args, options, weights, seed)?;
             (file::encode(&model), config)
         }
     };
@@ -408,9 +473,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
     }
 
     // Generating reads only the last position's logits.
-    let options = GraphOptions { kv_cache: !args.no_kv_cache, last_token_logits: true };
+    let options =
+        GraphOptions { kv_cache: !args.no_kv_cache, last_token_logits: true, tie_weights: false };
     let (mut runtime, config) = load_runtime(
         args.model.as_deref(),
+        args.weights.as_deref(),
         &args.config,
         args.init_seed,
         options,
@@ -602,7 +669,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     );
 
     let start = Instant::now();
-    let options = GraphOptions { kv_cache: true, last_token_logits: true };
+    let options = GraphOptions { kv_cache: true, last_token_logits: true, tie_weights: false };
     let model =
         gptc_graph::build_model(&config, options, &mut RandomInit { seed: 123 }, Some(123))?;
     file::write_model(&path, &model)?;
@@ -640,7 +707,7 @@ fn bench(args: BenchArgs) -> Result<()> {
 
     let mut plain_tokens_per_s = None;
     if args.plain_tokens > 0 {
-        let options = GraphOptions { kv_cache: false, last_token_logits: true };
+        let options = GraphOptions { kv_cache: false, last_token_logits: true, tie_weights: false };
         let model =
             gptc_graph::build_model(&config, options, &mut RandomInit { seed: 123 }, Some(123))?;
         let mut plain = TractRuntime::from_bytes(&file::encode(&model))?;

@@ -36,9 +36,17 @@ impl<'w> Reference<'w> {
         let mut out = Array3::zeros((batch, seq, self.config.vocab_size));
         for (b, ids) in input_ids.outer_iter().enumerate() {
             let hidden = self.hidden_states(ids.as_slice().expect("rows are contiguous"))?;
-            out.slice_mut(s![b, .., ..]).assign(&hidden.dot(&self.matrix("lm_head.weight")?.t()));
+            out.slice_mut(s![b, .., ..]).assign(&hidden.dot(&self.output_head()?.t()));
         }
         Ok(out)
+    }
+
+    /// `lm_head.weight`, or the token embedding when the weights are tied (GPT-2's layout).
+    fn output_head(&self) -> Result<ArrayView2<'w, f32>> {
+        match self.weights.0.contains_key("lm_head.weight") {
+            true => self.matrix("lm_head.weight"),
+            false => self.matrix("wte.weight"),
+        }
     }
 
     /// The final-LayerNorm output `[seq, emb]` of one sequence.

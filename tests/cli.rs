@@ -111,8 +111,8 @@ fn bad_input_gets_one_clear_error_line() {
     );
     let mut empty_prompt = vec!["generate", ""];
     empty_prompt.extend(TINY);
-    assert_clean_failure(&gptc(&empty_prompt), "prompt is empty");
-    assert_clean_failure(&gptc(&["generate"]), "required");
+    assert_clean_failure(&gptc(&empty_prompt), "prompt 1 is empty");
+    assert_clean_failure(&gptc(&["generate"]), "no prompt");
     assert_clean_failure(&gptc(&["frobnicate"]), "unrecognized");
 
     // A path under a regular file cannot be created, even by root.

@@ -260,6 +260,16 @@ fn bad_generation_input_gets_one_clear_line() {
         "`token_type_ids`",
     );
 
+    // Found by fuzzing: an output that names no value made tract-onnx 0.23.9 panic.
+    let mut model = gptc_graph::file::read_model(&path).unwrap();
+    model.graph.as_mut().unwrap().output[0].name = "nothing".into();
+    let broken = dir.path().join("broken.onnx");
+    gptc_graph::file::write_model(&broken, &model).unwrap();
+    assert_one_line_error(
+        &gptc(&["generate", "hi", "--model", broken.to_str().unwrap()]),
+        "malformed",
+    );
+
     // ONNX Runtime's library missing: said, not panicked.
     let out = Command::new(env!("CARGO_BIN_EXE_gptc"))
         .args(["generate", "hi", "--runtime", "ort", "--model", path.to_str().unwrap()])

@@ -61,3 +61,23 @@ fn batch_rows_equal_single_runs() {
         assert!(relative_error(&from_batch, &single) < 1e-5, "row {b}");
     }
 }
+
+/// With tied weights the head is the token embedding: no `lm_head.weight` in the file, and the
+/// reference (which falls back to `wte` then) agrees.
+#[test]
+fn tied_weights_use_the_token_embedding_as_head() {
+    let config = tiny_config(2, true);
+    let options =
+        gptc_graph::GraphOptions { kv_cache: false, last_token_logits: false, tie_weights: true };
+    let (bytes, weights) = common::compile_with(&config, options, 4);
+    assert!(!weights.0.contains_key("lm_head.weight"));
+    let mut tract = TractRuntime::from_bytes(&bytes).unwrap();
+    let ids = token_ids(2, 7, config.vocab_size, 1);
+    let err = relative_error(
+        &tract.run(&Step::ids_only(&ids)).unwrap(),
+        &Reference::new(&config, &weights).logits(&ids).unwrap(),
+    );
+    assert!(err < TOLERANCE, "relative error {err}");
+    let stored: usize = weights.0.values().map(|t| t.data.len()).sum();
+    assert_eq!(stored, gptc_graph::ParameterCount::of(&config).total_tied());
+}

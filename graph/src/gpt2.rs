@@ -36,6 +36,8 @@ pub struct GraphOptions {
     pub kv_cache: bool,
     /// Logits for the last position only: `[batch_size, 1, vocab_size]`.
     pub last_token_logits: bool,
+    /// The output head is the token embedding (`wte`), as in GPT-2: no `lm_head.weight`.
+    pub tie_weights: bool,
 }
 
 /// A graph input or output: name, element type, dims.
@@ -123,6 +125,7 @@ pub fn build_model(
         ("gptc.config", config.to_json()),
         ("gptc.kv_cache", options.kv_cache.to_string()),
         ("gptc.last_token_logits", options.last_token_logits.to_string()),
+        ("gptc.tie_weights", options.tie_weights.to_string()),
     ];
     if let Some(seed) = init_seed {
         metadata.push(("gptc.init_seed", seed.to_string()));
@@ -190,7 +193,11 @@ fn gpt2(
         x = s.slice(x, &[-1], &[i64::MAX], &[1]);
     }
     let x = layer_norm(&mut s.pp("ln_f"), x, e)?;
-    let head = s.param("lm_head.weight", &[vocab, e], Init::Normal { std: INIT_STD })?;
+    let head = if options.tie_weights {
+        wte
+    } else {
+        s.param("lm_head.weight", &[vocab, e], Init::Normal { std: INIT_STD })?
+    };
     let head_t = s.transpose(head, &[1, 0]);
     Ok((s.matmul(x, head_t), present))
 }

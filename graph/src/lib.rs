@@ -3,6 +3,7 @@
 //! Knows ONNX, not runtimes: anyone who only wants the `.onnx` file needs nothing else.
 
 pub mod builder;
+pub mod checkpoint;
 pub mod config;
 pub mod file;
 pub mod gpt2;

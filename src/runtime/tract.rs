@@ -33,6 +33,22 @@ fn tract_error(context: &str) -> impl Fn(TractError) -> Error + '_ {
     move |e| Error::Runtime(format!("tract: {context}: {e:#}"))
 }
 
+/// Runs a tract call that may panic on a malformed model (fuzzing found tract-onnx 0.23.9
+/// indexing a map with a graph output name that names no value) and makes the panic an error.
+fn guarded<T>(context: &str, call: impl FnOnce() -> TractResult<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(result) => result.map_err(tract_error(context)),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::Runtime(format!("tract: {context}: the model is malformed ({message})")))
+        }
+    }
+}
+
 /// Spread matmuls over the machine's cores (tract runs on one thread unless told otherwise).
 pub fn use_all_cores() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -52,16 +68,15 @@ pub fn use_all_cores() {
 
 impl TractRuntime {
     pub fn from_bytes(bytes: &[u8]) -> Result<TractRuntime> {
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .map_err(tract_error("loading the model"))?;
+        let model =
+            guarded("loading the model", || tract_onnx::onnx().model_for_read(&mut &bytes[..]))?;
         TractRuntime::from_inference_model(model)
     }
 
     pub fn from_path(path: &Path) -> Result<TractRuntime> {
-        let model = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(tract_error(&format!("loading {}", path.display())))?;
+        let model = guarded(&format!("loading {}", path.display()), || {
+            tract_onnx::onnx().model_for_path(path)
+        })?;
         TractRuntime::from_inference_model(model)
     }
 
@@ -73,7 +88,7 @@ impl TractRuntime {
             .map(|o| InputRole::of(&model.node(o.node).name))
             .collect::<Result<Vec<_>>>()?;
         let (has_cache, layers) = check_input_layout(&roles)?;
-        let model = model.into_optimized().map_err(tract_error("optimizing the model"))?;
+        let model = guarded("optimizing the model", || model.into_optimized())?;
         let output_names: Vec<String> = model
             .output_outlets()
             .map_err(tract_error("outputs"))?
@@ -204,12 +219,12 @@ fn onnx_dtype_name(dt: DatumType) -> String {
 /// tract's own shape analysis of a model, ignoring the value infos the file declares:
 /// `(inputs, outputs)` with the dims tract derives from the inputs alone.
 pub fn inferred_io(bytes: &[u8]) -> Result<(Vec<InferredTensor>, Vec<InferredTensor>)> {
-    let model = tract_onnx::onnx()
-        .with_ignore_value_info(true)
-        .model_for_read(&mut &bytes[..])
-        .map_err(tract_error("loading the model"))?
-        .into_typed()
-        .map_err(tract_error("analysing the model"))?;
+    let model = guarded("analysing the model", || {
+        tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_read(&mut &bytes[..])?
+            .into_typed()
+    })?;
     let describe = |name: String, fact: &TypedFact| InferredTensor {
         name,
         dtype: onnx_dtype_name(fact.datum_type),

@@ -24,10 +24,14 @@ pub fn tiny_config(n_layers: usize, qkv_bias: bool) -> GptConfig {
     }
 }
 
-pub const PLAIN: GraphOptions = GraphOptions { kv_cache: false, last_token_logits: false };
-pub const PLAIN_LAST: GraphOptions = GraphOptions { kv_cache: false, last_token_logits: true };
-pub const CACHE: GraphOptions = GraphOptions { kv_cache: true, last_token_logits: false };
-pub const CACHE_LAST: GraphOptions = GraphOptions { kv_cache: true, last_token_logits: true };
+pub const PLAIN: GraphOptions =
+    GraphOptions { kv_cache: false, last_token_logits: false, tie_weights: false };
+pub const PLAIN_LAST: GraphOptions =
+    GraphOptions { kv_cache: false, last_token_logits: true, tie_weights: false };
+pub const CACHE: GraphOptions =
+    GraphOptions { kv_cache: true, last_token_logits: false, tie_weights: false };
+pub const CACHE_LAST: GraphOptions =
+    GraphOptions { kv_cache: true, last_token_logits: true, tie_weights: false };
 pub const ALL_VARIANTS: [GraphOptions; 4] = [PLAIN, PLAIN_LAST, CACHE, CACHE_LAST];
 
 /// The encoded model (plain graph) and every weight it was built with.

@@ -1,0 +1,226 @@
+//! Hugging Face GPT-2 checkpoints (`GPT2LMHeadModel` in safetensors) as gptc weights.
+//!
+//! HF names map onto gptc's almost one to one: gptc keeps HF's names and `[in, out]` Conv1D
+//! layout, and only splits `attn.c_attn` (q, k and v side by side) into `q_proj`, `k_proj` and
+//! `v_proj`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::{GptConfig, LAYER_NORM_EPS};
+use crate::weights::{Init, NamedTensor, TensorMap, WeightSource};
+use crate::{Error, Result};
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.into(), source }
+}
+
+fn bad(name: &str, reason: impl Into<String>) -> Error {
+    Error::Weight { name: name.into(), reason: reason.into() }
+}
+
+/// The model config of an HF GPT-2 `config.json`. GPT-2 checkpoints have q/k/v biases.
+pub fn hf_config(path: &Path) -> Result<GptConfig> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let field = |key: &str| {
+        json.get(key)
+            .and_then(serde_json::Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| Error::Config(format!("{}: no integer `{key}`", path.display())))
+    };
+    if let Some(eps) = json.get("layer_norm_epsilon").and_then(serde_json::Value::as_f64) {
+        if (eps - LAYER_NORM_EPS as f64).abs() > 1e-12 {
+            return Err(Error::Config(format!(
+                "{}: layer_norm_epsilon {eps}; gptc's graph uses GPT-2's 1e-5",
+                path.display()
+            )));
+        }
+    }
+    let config = GptConfig {
+        vocab_size: field("vocab_size")?,
+        context_length: field("n_positions")?,
+        emb_dim: field("n_embd")?,
+        n_heads: field("n_head")?,
+        n_layers: field("n_layer")?,
+        drop_rate: json.get("resid_pdrop").and_then(serde_json::Value::as_f64).unwrap_or(0.1),
+        qkv_bias: true,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The safetensors files of a checkpoint folder: `model.safetensors`, or the shards its
+/// `model.safetensors.index.json` lists.
+pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).map_err(|_| {
+        Error::Config(format!(
+            "{}: neither model.safetensors nor model.safetensors.index.json",
+            dir.display()
+        ))
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Config(format!("{}: {e}", index.display())))?;
+    let map = json
+        .get("weight_map")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| Error::Config(format!("{}: no weight_map", index.display())))?;
+    let files: BTreeSet<&str> = map.values().filter_map(serde_json::Value::as_str).collect();
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    let halves = |convert: fn(u16) -> f32| {
+        bytes.chunks_exact(2).map(|b| convert(u16::from_le_bytes([b[0], b[1]]))).collect()
+    };
+    Ok(match dtype {
+        Dtype::F32 => {
+            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
+        Dtype::F16 => halves(f16_to_f32),
+        Dtype::BF16 => halves(|bits| f32::from_bits((bits as u32) << 16)),
+        other => return Err(bad(name, format!("dtype {other:?}; expected F32, F16 or BF16"))),
+    })
+}
+
+/// IEEE half to single precision, subnormals included.
+pub fn f16_to_f32(bits: u16) -> f32 {
+    let sign = ((bits >> 15) as u32) << 31;
+    let exponent = ((bits >> 10) & 0x1f) as u32;
+    let mantissa = (bits & 0x3ff) as u32;
+    let magnitude = match (exponent, mantissa) {
+        (0, 0) => 0,
+        (0, m) => {
+            let subnormal = m as f32 * 2f32.powi(-24);
+            return if sign != 0 { -subnormal } else { subnormal };
+        }
+        (0x1f, m) => 0x7f80_0000 | (m << 13),
+        (e, m) => ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(sign | magnitude)
+}
+
+/// GPT-2's attention mask buffers, stored by older exports; gptc has its own causal table.
+fn is_mask_buffer(name: &str) -> bool {
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
+}
+
+/// Reads every tensor of the shards under gptc's names: `transformer.` dropped, `c_attn` split.
+pub fn read_safetensors(paths: &[PathBuf], config: &GptConfig) -> Result<TensorMap> {
+    let mut map = BTreeMap::new();
+    for path in paths {
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| Error::NotOnnx {
+            path: path.clone(),
+            reason: format!("not a safetensors file: {e}"),
+        })?;
+        for (key, view) in tensors.tensors() {
+            let name = key.strip_prefix("transformer.").unwrap_or(&key).to_string();
+            if is_mask_buffer(&name) {
+                continue;
+            }
+            let data = to_f32(&key, view.dtype(), view.data())?;
+            let shape = view.shape().to_vec();
+            if let Some(prefix) = name.strip_suffix(".attn.c_attn.weight") {
+                let e = config.emb_dim;
+                if shape != [e, 3 * e] {
+                    return Err(bad(&key, format!("shape {shape:?}, expected [{e}, {}]", 3 * e)));
+                }
+                for (part, proj) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+                    let columns: Vec<f32> = data
+                        .chunks_exact(3 * e)
+                        .flat_map(|row| row[part * e..(part + 1) * e].iter().copied())
+                        .collect();
+                    map.insert(
+                        format!("{prefix}.attn.{proj}.weight"),
+                        NamedTensor { shape: vec![e, e], data: columns },
+                    );
+                }
+            } else if let Some(prefix) = name.strip_suffix(".attn.c_attn.bias") {
+                let e = config.emb_dim;
+                if shape != [3 * e] {
+                    return Err(bad(&key, format!("shape {shape:?}, expected [{}]", 3 * e)));
+                }
+                for (part, proj) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+                    let slice = data[part * e..(part + 1) * e].to_vec();
+                    map.insert(
+                        format!("{prefix}.attn.{proj}.bias"),
+                        NamedTensor { shape: vec![e], data: slice },
+                    );
+                }
+            } else if map.insert(name.clone(), NamedTensor { shape, data }).is_some() {
+                return Err(bad(&key, "appears twice"));
+            }
+        }
+    }
+    Ok(TensorMap(map))
+}
+
+/// A checkpoint as a weight source that remembers what the graph asked for, so tensors the
+/// file has but the model does not use are reported by name.
+pub struct Checkpoint {
+    tensors: TensorMap,
+    used: BTreeSet<String>,
+}
+
+impl Checkpoint {
+    pub fn new(tensors: TensorMap) -> Checkpoint {
+        Checkpoint { tensors, used: BTreeSet::new() }
+    }
+
+    /// Fails on the first tensor that the file holds and the graph did not use. `lm_head` is
+    /// allowed to go unused: with tied weights the head is the token embedding.
+    pub fn check_all_used(&self) -> Result<()> {
+        match self.tensors.0.keys().find(|k| !self.used.contains(*k) && *k != "lm_head.weight") {
+            Some(unused) => Err(bad(unused, "in the checkpoint but not used by the model")),
+            None => Ok(()),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.0.contains_key(name)
+    }
+}
+
+impl WeightSource for Checkpoint {
+    fn tensor(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Vec<f32>> {
+        self.used.insert(name.to_string());
+        self.tensors.tensor(name, shape, init).map_err(|e| match e {
+            Error::Weight { name, reason } if reason == "missing" => {
+                bad(&name, "used by the model but missing from the checkpoint")
+            }
+            other => other,
+        })
+    }
+}
+
+/// A Hugging Face GPT-2 folder (`config.json` and safetensors) read as config and weights.
+pub fn read_hf_dir(dir: &Path) -> Result<(GptConfig, Checkpoint)> {
+    let config = hf_config(&dir.join("config.json"))?;
+    let tensors = read_safetensors(&shard_paths(dir)?, &config)?;
+    Ok((config, Checkpoint::new(tensors)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_convert_exactly() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0x8001), -(2f32.powi(-24)));
+        assert!(f16_to_f32(0x7c00).is_infinite());
+        assert_eq!(f16_to_f32(0x0000), 0.0);
+    }
+}
