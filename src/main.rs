@@ -292,11 +292,7 @@ fn main() {
     let result = match run {
         Ok(result) => result,
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = gptc::panic_message(&*panic);
             eprintln!("error: internal error, a bug in gptc: {message}");
             std::process::exit(101);
         }

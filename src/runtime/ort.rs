@@ -10,7 +10,7 @@ use ort::environment::Environment;
 use ort::ep;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, ValueType};
 
 use super::{check_input_layout, InputRole, Runtime, Step};
@@ -279,26 +279,8 @@ impl OrtRuntime {
                 }
             }
         }
-        let mut outputs = session.run_binding(&binding).map_err(ort_error("running"))?;
-        let (shape, data) =
-            outputs["logits"].try_extract_tensor::<f32>().map_err(ort_error("reading logits"))?;
-        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        let logits = Array3::from_shape_vec((shape[0], shape[1], shape[2]), data.to_vec())
-            .map_err(|e| Error::Runtime(format!("ONNX Runtime: logits shape: {e}")))?;
-        if let Some(cache) = cache {
-            let mut present = Vec::with_capacity(cache.layers);
-            for i in 0..cache.layers {
-                let mut take = |part: &str| {
-                    outputs.remove(format!("present.{i}.{part}").as_str()).ok_or_else(|| {
-                        Error::Input(format!("the model has no `present.{i}.{part}` output"))
-                    })
-                };
-                present.push((take("key")?, take("value")?));
-            }
-            drop(outputs);
-            cache.past = present;
-        }
-        Ok(logits)
+        let outputs = session.run_binding(&binding).map_err(ort_error("running"))?;
+        take_outputs(outputs, cache.as_mut())
     }
 
     /// Runs with plain inputs and outputs: the present values come back as ONNX Runtime
@@ -323,25 +305,30 @@ impl OrtRuntime {
             };
             inputs.push((Cow::Borrowed(name.as_str()), value));
         }
-        let mut outputs = session.run(inputs).map_err(ort_error("running"))?;
-        let (shape, data) =
-            outputs["logits"].try_extract_tensor::<f32>().map_err(ort_error("reading logits"))?;
-        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        let logits = Array3::from_shape_vec((shape[0], shape[1], shape[2]), data.to_vec())
-            .map_err(|e| Error::Runtime(format!("ONNX Runtime: logits shape: {e}")))?;
-        if let Some(cache) = cache {
-            let mut present = Vec::with_capacity(cache.layers);
-            for i in 0..cache.layers {
-                let mut take = |part: &str| {
-                    outputs.remove(format!("present.{i}.{part}").as_str()).ok_or_else(|| {
-                        Error::Input(format!("the model has no `present.{i}.{part}` output"))
-                    })
-                };
-                present.push((take("key")?, take("value")?));
-            }
-            drop(outputs);
-            cache.past = present;
-        }
-        Ok(logits)
+        let outputs = session.run(inputs).map_err(ort_error("running"))?;
+        take_outputs(outputs, cache.as_mut())
     }
+}
+
+/// Copies the logits out and keeps each layer's `present` values, as they are, as the cache.
+fn take_outputs(mut outputs: SessionOutputs, cache: Option<&mut Cache>) -> Result<Array3<f32>> {
+    let (shape, data) =
+        outputs["logits"].try_extract_tensor::<f32>().map_err(ort_error("reading logits"))?;
+    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let logits = Array3::from_shape_vec((shape[0], shape[1], shape[2]), data.to_vec())
+        .map_err(|e| Error::Runtime(format!("ONNX Runtime: logits shape: {e}")))?;
+    if let Some(cache) = cache {
+        let mut present = Vec::with_capacity(cache.layers);
+        for i in 0..cache.layers {
+            let mut take = |part: &str| {
+                outputs.remove(format!("present.{i}.{part}").as_str()).ok_or_else(|| {
+                    Error::Input(format!("the model has no `present.{i}.{part}` output"))
+                })
+            };
+            present.push((take("key")?, take("value")?));
+        }
+        drop(outputs);
+        cache.past = present;
+    }
+    Ok(logits)
 }

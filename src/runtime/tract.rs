@@ -38,14 +38,10 @@ fn tract_error(context: &str) -> impl Fn(TractError) -> Error + '_ {
 fn guarded<T>(context: &str, call: impl FnOnce() -> TractResult<T>) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
         Ok(result) => result.map_err(tract_error(context)),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(Error::Runtime(format!("tract: {context}: the model is malformed ({message})")))
-        }
+        Err(panic) => Err(Error::Runtime(format!(
+            "tract: {context}: the model is malformed ({})",
+            crate::panic_message(&*panic)
+        ))),
     }
 }
 
