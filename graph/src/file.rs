@@ -134,7 +134,18 @@ impl GraphProto {
     }
 }
 
+/// Protobuf messages are limited to 2 GiB; larger models need ONNX external data.
+const PROTOBUF_LIMIT: usize = i32::MAX as usize;
+
 pub fn write_model(path: &Path, model: &ModelProto) -> Result<()> {
+    let size = model.encoded_len();
+    if size > PROTOBUF_LIMIT {
+        return Err(Error::Config(format!(
+            "the model is {:.2} GB, over protobuf's 2 GiB limit for one .onnx file; gptc does not \
+             write ONNX external data yet (gpt2-large and gpt2-xl need it in float32)",
+            size as f64 / 1e9
+        )));
+    }
     write_atomically(path, |out| encode_to(model, out))
 }
 
