@@ -3,7 +3,6 @@
 
 use ndarray::{s, Array2, ArrayView1};
 
-use crate::reference::argmax;
 use crate::runtime::{Runtime, Step};
 use crate::Result;
 
@@ -81,19 +80,6 @@ pub fn generate(
         }
     }
     Ok(sequences.iter().zip(prompts).map(|(all, prompt)| all[prompt.len()..].to_vec()).collect())
-}
-
-/// Greedy decoding of one prompt: the argmax of each step's last logits.
-pub fn greedy(
-    runtime: &mut dyn Runtime,
-    prompt: &[i64],
-    max_new_tokens: usize,
-    context: usize,
-) -> Result<Vec<i64>> {
-    let mut rows = generate(runtime, &[prompt.to_vec()], max_new_tokens, context, |_, logits| {
-        Ok(Next::Token(argmax(logits) as i64))
-    })?;
-    Ok(rows.remove(0))
 }
 
 /// What the runtime's cache holds: `slots` positions per row (pads included), and the mask
