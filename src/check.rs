@@ -3,7 +3,9 @@
 use gptc_graph::onnx::{Dim, ModelProto, ValueInfoProto};
 use gptc_graph::{io_signature, GptConfig, GraphOptions, TensorSignature};
 
-use crate::runtime::tract::{canonical_dim, inferred_io, InferredTensor};
+use std::path::Path;
+
+use crate::runtime::tract::{canonical_dim, inferred_io_at, InferredTensor};
 use crate::{Error, Result};
 
 /// The variant a file declares: a KV cache when it has past inputs, last-token logits when
@@ -77,7 +79,7 @@ fn compare(
 
 /// Checks the file's declared inputs and outputs against the contract for `config` and
 /// against what tract's shape analysis infers from the inputs alone. Returns the variant.
-pub fn check_model(bytes: &[u8], model: &ModelProto, config: &GptConfig) -> Result<GraphOptions> {
+pub fn check_model(path: &Path, model: &ModelProto, config: &GptConfig) -> Result<GraphOptions> {
     let graph = model.graph.as_ref().ok_or_else(|| Error::Input("the file has no graph".into()))?;
     let options = declared_options(model);
     let (expected_inputs, expected_outputs) = io_signature(config, options);
@@ -103,7 +105,7 @@ pub fn check_model(bytes: &[u8], model: &ModelProto, config: &GptConfig) -> Resu
         )));
     }
 
-    let (inferred_inputs, inferred_outputs) = inferred_io(bytes)?;
+    let (inferred_inputs, inferred_outputs) = inferred_io_at(path)?;
     compare("inputs", "declared", &declared_inputs, "tract infers", &inferred_inputs)?;
     compare("outputs", "declared", &declared_outputs, "tract infers", &inferred_outputs)?;
     if let Some(info) = graph.value_info.first() {

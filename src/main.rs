@@ -15,6 +15,7 @@ use gptc::runtime::Runtime;
 use gptc::sampling::{Sampler, SamplingConfig};
 use gptc::stream::Utf8Stream;
 use gptc::tokenizer::{Tokenizer, GPT2_VOCAB_SIZE};
+use gptc_graph::file::WeightLayout;
 use gptc_graph::onnx::ModelProto;
 use gptc_graph::{checkpoint, file, GptConfig, GraphOptions, ParameterCount, RandomInit};
 
@@ -157,6 +158,10 @@ struct ExportArgs {
     /// Seed of GPT-2's random init; the same seed writes a byte-identical file.
     #[arg(long, default_value_t = 123)]
     seed: u64,
+    /// Weights in FILE.onnx.data beside the model (ONNX external data). Automatic for models
+    /// over protobuf's 2 GiB limit (gpt2-large and gpt2-xl in float32).
+    #[arg(long)]
+    external_data: bool,
     /// Where to write the .onnx file.
     #[arg(short, long, value_name = "FILE.onnx")]
     output: PathBuf,
@@ -356,12 +361,14 @@ fn export(args: ExportArgs) -> Result<()> {
     let start = Instant::now();
     let (config, options, model) =
         compile(&args.model, args.graph.options(), args.weights.as_deref(), args.seed)?;
-    file::write_model(&args.output, &model)?;
+    let layout = if args.external_data { WeightLayout::External } else { WeightLayout::Auto };
+    let data = file::write_model(&args.output, &model, layout)?;
     let count = ParameterCount::of(&config);
     let parameters = if options.tie_weights { count.total_tied() } else { count.total() };
     eprintln!(
-        "wrote {} ({} parameters{}, {:.2} MB) in {:.2} s",
+        "wrote {}{} ({} parameters{}, {:.2} MB) in {:.2} s",
         args.output.display(),
+        data.map(|d| format!(" and {}", d.display())).unwrap_or_default(),
         inspect::thousands(parameters),
         if options.tie_weights { ", tied" } else { "" },
         (parameters * 4) as f64 / (1024.0 * 1024.0),
@@ -383,35 +390,50 @@ fn load_runtime(
     if kind == RuntimeKind::Tract && device != Device::Cpu {
         bail!("tract runs on the CPU only: use --runtime ort for --device cuda or auto");
     }
-    let (bytes, config) = match model {
-        Some(path) => {
-            let size = std::fs::metadata(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .len();
-            check_fits_in_memory(size)?;
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let stored = file::stored_config_of_bytes(path, &bytes)?;
-            let config = match stored {
-                Some(c) => c,
-                None if config_args.any_given() => config_args.resolve()?,
-                None => bail!(
-                    "{} has no gptc config in its metadata; say which model it is with --preset or --config",
-                    path.display()
-                ),
+    let from_path = |path: &Path| -> Result<Box<dyn Runtime>> {
+        Ok(match kind {
+            RuntimeKind::Tract => Box::new(TractRuntime::from_path(path)?),
+            RuntimeKind::Ort => Box::new(OrtRuntime::from_path(path, device)?),
+        })
+    };
+    let Some(path) = model else {
+        let (config, _, model) = compile(config_args, options, weights, seed)?;
+        if !file::needs_external_data(&model) {
+            let bytes = file::encode(&model);
+            drop(model);
+            let runtime: Box<dyn Runtime> = match kind {
+                RuntimeKind::Tract => Box::new(TractRuntime::from_bytes(&bytes)?),
+                RuntimeKind::Ort => Box::new(OrtRuntime::from_bytes(&bytes, device)?),
             };
-            (bytes, config)
+            return Ok((runtime, config));
         }
-        None => {
-            let (config, _, model) = compile(config_args, options, weights, seed)?;
-            (file::encode(&model), config)
-        }
+        // Over protobuf's limit the runtimes read weights only as external data, from files.
+        let dir = std::env::temp_dir().join(format!("gptc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("model.onnx");
+        let loaded = file::write_model(&path, &model, WeightLayout::External)
+            .map_err(anyhow::Error::from)
+            .and_then(|_| {
+                drop(model);
+                from_path(&path)
+            });
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok((loaded?, config));
     };
-    let runtime: Box<dyn Runtime> = match kind {
-        RuntimeKind::Tract => Box::new(TractRuntime::from_bytes(&bytes)?),
-        RuntimeKind::Ort => Box::new(OrtRuntime::from_bytes(&bytes, device)?),
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len());
+    let model_size = size(path).with_context(|| format!("reading {}", path.display()))?;
+    check_fits_in_memory(model_size + size(&file::data_path(path)).unwrap_or(0))?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = match file::stored_config_of_bytes(path, &bytes)? {
+        Some(c) => c,
+        None if config_args.any_given() => config_args.resolve()?,
+        None => bail!(
+            "{} has no gptc config in its metadata; say which model it is with --preset or --config",
+            path.display()
+        ),
     };
-    Ok((runtime, config))
+    drop(bytes);
+    Ok((from_path(path)?, config))
 }
 
 /// GPT-2's end-of-text token.
@@ -668,11 +690,12 @@ fn bench(args: BenchArgs) -> Result<()> {
     let options = GraphOptions { kv_cache: true, last_token_logits: true, tie_weights: false };
     let model =
         gptc_graph::build_model(&config, options, &mut RandomInit { seed: 123 }, Some(123))?;
-    file::write_model(&path, &model)?;
+    let data = file::write_model(&path, &model, WeightLayout::Auto)?;
     drop(model);
     let export_s = start.elapsed().as_secs_f64();
     let export_peak = peak();
-    let file_mb = std::fs::metadata(&path)?.len() as f64 / 1e6;
+    let data_bytes = data.as_ref().map_or(Ok(0), |d| std::fs::metadata(d).map(|m| m.len()))?;
+    let file_mb = (std::fs::metadata(&path)?.len() + data_bytes) as f64 / 1e6;
     println!("export      {export_s:.2} s, peak RSS {export_peak:.2} GB, file {file_mb:.1} MB (KV cache, last-token logits)");
     if args.dir.is_some() {
         println!("file        {}", path.display());
@@ -690,15 +713,16 @@ fn bench(args: BenchArgs) -> Result<()> {
 
     if args.ort {
         let start = Instant::now();
-        let bytes = std::fs::read(&path)?;
-        let mut ort = OrtRuntime::from_bytes(&bytes, Device::Cpu)?;
-        drop(bytes);
+        let mut ort = OrtRuntime::from_path(&path, Device::Cpu)?;
         let load_s = start.elapsed().as_secs_f64();
         figures.push(measure(&mut ort, load_s, &args.prefill, args.new_tokens, ctx)?);
         println!("{}", figures[1]);
     }
     if args.dir.is_none() {
         let _ = std::fs::remove_file(&path);
+        if let Some(data) = &data {
+            let _ = std::fs::remove_file(data);
+        }
     }
 
     let mut plain_tokens_per_s = None;
@@ -764,7 +788,7 @@ fn check(args: CheckArgs) -> Result<()> {
             args.model.display()
         ),
     };
-    let options = gptc::check::check_model(&bytes, &model, &config)?;
+    let options = gptc::check::check_model(&args.model, &model, &config)?;
     println!(
         "ok: inputs and outputs match the config ({}) and tract's shape analysis",
         match (options.kv_cache, options.last_token_logits) {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{gptc, stderr, stdout};
-use gptc_graph::file;
+use gptc_graph::file::{self, WeightLayout};
 use gptc_graph::onnx::{tensor_shape_proto::dimension, type_proto};
 
 const TINY: [&str; 6] = ["--emb-dim", "64", "--n-layers", "2", "--n-heads", "4"];
@@ -70,7 +70,7 @@ fn mismatches_are_named() {
     };
     t.shape.as_mut().unwrap().dim[1].value = Some(dimension::Value::DimParam("total".into()));
     let edited = dir.path().join("edited.onnx");
-    file::write_model(&edited, &model).unwrap();
+    file::write_model(&edited, &model, WeightLayout::Auto).unwrap();
     let out = gptc(&["check", edited.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use common::{assert_success, gptc, stderr, stdout};
 use gptc::generate::{generate, Next};
 use gptc::runtime::{Runtime, Step};
+use gptc_graph::file::WeightLayout;
 use ndarray::Array3;
 
 const TINY: [&str; 8] =
@@ -254,7 +255,7 @@ fn bad_generation_input_gets_one_clear_line() {
         .filter(|i| i.name == "position_ids")
         .for_each(|i| i.name = "token_type_ids".into());
     let other = dir.path().join("other.onnx");
-    gptc_graph::file::write_model(&other, &model).unwrap();
+    gptc_graph::file::write_model(&other, &model, WeightLayout::Auto).unwrap();
     assert_one_line_error(
         &gptc(&["generate", "hi", "--model", other.to_str().unwrap()]),
         "`token_type_ids`",
@@ -264,7 +265,7 @@ fn bad_generation_input_gets_one_clear_line() {
     let mut model = gptc_graph::file::read_model(&path).unwrap();
     model.graph.as_mut().unwrap().output[0].name = "nothing".into();
     let broken = dir.path().join("broken.onnx");
-    gptc_graph::file::write_model(&broken, &model).unwrap();
+    gptc_graph::file::write_model(&broken, &model, WeightLayout::Auto).unwrap();
     assert_one_line_error(
         &gptc(&["generate", "hi", "--model", broken.to_str().unwrap()]),
         "malformed",

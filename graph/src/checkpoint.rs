@@ -93,19 +93,7 @@ fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
 
 /// IEEE half to single precision, subnormals included.
 pub fn f16_to_f32(bits: u16) -> f32 {
-    let sign = ((bits >> 15) as u32) << 31;
-    let exponent = ((bits >> 10) & 0x1f) as u32;
-    let mantissa = (bits & 0x3ff) as u32;
-    let magnitude = match (exponent, mantissa) {
-        (0, 0) => 0,
-        (0, m) => {
-            let subnormal = m as f32 * 2f32.powi(-24);
-            return if sign != 0 { -subnormal } else { subnormal };
-        }
-        (0x1f, m) => 0x7f80_0000 | (m << 13),
-        (e, m) => ((e + 127 - 15) << 23) | (m << 13),
-    };
-    f32::from_bits(sign | magnitude)
+    half::f16::from_bits(bits).to_f32()
 }
 
 /// GPT-2's attention mask buffers, stored by older exports; gptc has its own causal table.

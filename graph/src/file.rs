@@ -1,13 +1,15 @@
 //! Reading and writing `.onnx` files. Writes go to a temporary file beside the target and are
 //! renamed into place, so a failed export never leaves a half-written model behind.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 
 use crate::config::GptConfig;
-use crate::onnx::{DataLocation, DataType, GraphProto, ModelProto, TensorProto};
+use crate::onnx::{
+    DataLocation, DataType, GraphProto, ModelProto, StringStringEntryProto, TensorProto,
+};
 use crate::weights::{NamedTensor, TensorMap};
 use crate::{Error, Result};
 
@@ -79,8 +81,13 @@ fn encode_tensor_field(tag: u32, tensor: &TensorProto, out: &mut dyn Write) -> s
         encode_varint(4 * tensor.float_data.len() as u64, &mut head);
     }
     out.write_all(&head)?;
+    write_floats(&tensor.float_data, out)
+}
+
+/// Little-endian f32s through a small buffer: a weight matrix is never encoded whole in memory.
+fn write_floats(values: &[f32], out: &mut dyn Write) -> std::io::Result<()> {
     let mut buf = [0u8; 1 << 16];
-    for chunk in tensor.float_data.chunks(buf.len() / 4) {
+    for chunk in values.chunks(buf.len() / 4) {
         for (bytes, x) in buf.chunks_exact_mut(4).zip(chunk) {
             bytes.copy_from_slice(&x.to_le_bytes());
         }
@@ -135,23 +142,184 @@ impl GraphProto {
 }
 
 /// Protobuf messages are limited to 2 GiB; larger models need ONNX external data.
-const PROTOBUF_LIMIT: usize = i32::MAX as usize;
+pub const PROTOBUF_LIMIT: usize = i32::MAX as usize;
 
-pub fn write_model(path: &Path, model: &ModelProto) -> Result<()> {
-    let size = model.encoded_len();
-    if size > PROTOBUF_LIMIT {
-        return Err(Error::Config(format!(
-            "the model is {:.2} GB, over protobuf's 2 GiB limit for one .onnx file; gptc does not \
-             write ONNX external data yet (gpt2-large and gpt2-xl need it in float32)",
-            size as f64 / 1e9
-        )));
-    }
-    write_atomically(path, |out| encode_to(model, out))
+/// Whether `model` is too large for one `.onnx` file.
+pub fn needs_external_data(model: &ModelProto) -> bool {
+    model.encoded_len() > PROTOBUF_LIMIT
 }
 
+/// Tensors smaller than this stay in the `.onnx` file (onnx's own default threshold).
+const EXTERNAL_THRESHOLD: usize = 1024;
+/// Offsets in the data file are multiples of the page size, so runtimes can map tensors.
+const EXTERNAL_ALIGNMENT: u64 = 4096;
+
+/// Where `write_model` puts the weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// In the `.onnx` file, unless that would pass protobuf's 2 GiB limit.
+    #[default]
+    Auto,
+    /// In `NAME.onnx.data` beside the model, per ONNX's external-data spec.
+    External,
+}
+
+/// The external data file of `model_path`: `gpt2-xl.onnx` -> `gpt2-xl.onnx.data`.
+pub fn data_path(model_path: &Path) -> PathBuf {
+    let mut name = model_path.file_name().unwrap_or_default().to_os_string();
+    name.push(".data");
+    model_path.with_file_name(name)
+}
+
+/// Writes `model` to `path`, its weights inline or in `NAME.onnx.data` as `layout` and the 2 GiB
+/// limit decide; returns the data file when there is one. Each file is written atomically, the
+/// data first, so a model file never names data that is not all there.
+pub fn write_model(
+    path: &Path,
+    model: &ModelProto,
+    layout: WeightLayout,
+) -> Result<Option<PathBuf>> {
+    if layout == WeightLayout::Auto && !needs_external_data(model) {
+        write_atomically(path, |out| encode_to(model, out))?;
+        return Ok(None);
+    }
+    let data = data_path(path);
+    let location = data.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let (stub, placed) = externalize(model, &location);
+    if stub.encoded_len() > PROTOBUF_LIMIT {
+        return Err(Error::Config("the graph alone is over protobuf's 2 GiB limit".into()));
+    }
+    write_atomically(&data, |out| {
+        let mut written = 0u64;
+        for (tensor, offset) in &placed {
+            std::io::copy(&mut std::io::repeat(0).take(offset - written), out)?;
+            write_tensor_bytes(tensor, out)?;
+            written = offset + tensor_byte_len(tensor) as u64;
+        }
+        Ok(())
+    })?;
+    let model_written = write_atomically(path, |out| out.write_all(&stub.encode_to_vec()));
+    if model_written.is_err() {
+        let _ = std::fs::remove_file(&data);
+    }
+    model_written.map(|()| Some(data))
+}
+
+/// The bytes a tensor's values take when stored raw (little-endian, as ONNX's `raw_data`).
+fn tensor_byte_len(tensor: &TensorProto) -> usize {
+    4 * tensor.float_data.len() + tensor.raw_data.len()
+}
+
+fn write_tensor_bytes(tensor: &TensorProto, out: &mut dyn Write) -> std::io::Result<()> {
+    out.write_all(&tensor.raw_data)?;
+    write_floats(&tensor.float_data, out)
+}
+
+/// The model with every large initializer replaced by a reference into `location`, and those
+/// initializers with their offsets there, in file order.
+fn externalize<'m>(
+    model: &'m ModelProto,
+    location: &str,
+) -> (ModelProto, Vec<(&'m TensorProto, u64)>) {
+    let mut stub = ModelProto { graph: None, ..shallow_model(model) };
+    let mut placed = Vec::new();
+    let Some(graph) = &model.graph else {
+        return (stub, placed);
+    };
+    let mut end = 0u64;
+    let initializer = graph
+        .initializer
+        .iter()
+        .map(|tensor| {
+            let len = tensor_byte_len(tensor);
+            if len < EXTERNAL_THRESHOLD {
+                return tensor.clone();
+            }
+            let offset = end.next_multiple_of(EXTERNAL_ALIGNMENT);
+            end = offset + len as u64;
+            placed.push((tensor, offset));
+            let entry =
+                |key: &str, value: String| StringStringEntryProto { key: key.into(), value };
+            TensorProto {
+                raw_data: Vec::new(),
+                data_location: DataLocation::External as i32,
+                external_data: vec![
+                    entry("location", location.to_string()),
+                    entry("offset", offset.to_string()),
+                    entry("length", len.to_string()),
+                ],
+                ..tensor.clone_without_float_data()
+            }
+        })
+        .collect();
+    stub.graph = Some(GraphProto { initializer, ..graph.clone_without_initializers() });
+    (stub, placed)
+}
+
+/// Reads the values of every external tensor into the model (as `raw_data`), from files beside
+/// `model_path`. A location must name a file in the model's folder, as tract also demands.
+pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let dir = model_path.parent().unwrap_or(Path::new(""));
+    let Some(graph) = &mut model.graph else {
+        return Ok(());
+    };
+    for tensor in &mut graph.initializer {
+        if tensor.data_location != DataLocation::External as i32 {
+            continue;
+        }
+        let bad = |reason: String| Error::Weight { name: tensor.name.clone(), reason };
+        let field = |key: &str| {
+            tensor.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str())
+        };
+        let location =
+            field("location").ok_or_else(|| bad("external data without a location".into()))?;
+        let number = |key: &str| -> Result<Option<u64>> {
+            field(key)
+                .map(|v| v.parse::<u64>().map_err(|_| bad(format!("external data {key} `{v}`"))))
+                .transpose()
+        };
+        let (offset, length) = (number("offset")?.unwrap_or(0), number("length")?);
+        let relative = Path::new(location);
+        if relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(bad(format!(
+                "external data location `{location}` is not a file beside the model"
+            )));
+        }
+        let data = dir.join(relative);
+        let io_err = |source| Error::Io { path: data.clone(), source };
+        let mut file = std::fs::File::open(&data).map_err(io_err)?;
+        let file_len = file.metadata().map_err(io_err)?.len();
+        let length = length.unwrap_or(file_len.saturating_sub(offset));
+        if offset.checked_add(length).is_none_or(|end| end > file_len) {
+            return Err(bad(format!(
+                "external data {}..{} is past the end of {} ({file_len} bytes)",
+                offset,
+                offset.saturating_add(length),
+                data.display()
+            )));
+        }
+        let mut bytes = vec![0u8; length as usize];
+        file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+        file.read_exact(&mut bytes).map_err(io_err)?;
+        tensor.raw_data = bytes;
+        tensor.data_location = DataLocation::Default as i32;
+        tensor.external_data.clear();
+    }
+    Ok(())
+}
+
+/// The model at `path` as stored: external tensors are references, without their values.
 pub fn read_model(path: &Path) -> Result<ModelProto> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
     decode_model(path, &bytes)
+}
+
+/// The model at `path` with the values of its external tensors read in.
+pub fn read_model_with_data(path: &Path) -> Result<ModelProto> {
+    let mut model = read_model(path)?;
+    load_external_data(&mut model, path)?;
+    Ok(model)
 }
 
 /// Decodes a model read from `path` (named in errors).
@@ -173,25 +341,34 @@ pub fn stored_config(model: &ModelProto) -> Option<Result<GptConfig>> {
     metadata(model, "gptc.config").map(GptConfig::from_json)
 }
 
-/// Every float32 initializer of the model, by name (the weights an export holds).
+/// Every float initializer of the model (float32, or float16 widened), by name: the weights
+/// an export holds.
 pub fn float_initializers(model: &ModelProto) -> Result<TensorMap> {
     let mut map = TensorMap::default();
     let Some(graph) = &model.graph else {
         return Ok(map);
     };
     for t in &graph.initializer {
-        if t.data_type != DataType::Float as i32 || t.data_location == DataLocation::External as i32
-        {
-            continue;
+        if t.data_location == DataLocation::External as i32 {
+            return Err(Error::Weight {
+                name: t.name.clone(),
+                reason: "external data not read in (use read_model_with_data)".into(),
+            });
         }
         let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-        let data: Vec<f32> = if !t.raw_data.is_empty() {
-            t.raw_data
+        let data: Vec<f32> = match DataType::try_from(t.data_type) {
+            Ok(DataType::Float) if t.raw_data.is_empty() => t.float_data.clone(),
+            Ok(DataType::Float) => t
+                .raw_data
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        } else {
-            t.float_data.clone()
+                .collect(),
+            Ok(DataType::Float16) => t
+                .raw_data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => continue,
         };
         if data.len() != shape.iter().product::<usize>() {
             return Err(Error::Weight {
@@ -251,6 +428,66 @@ mod tests {
         encode_to(&model, &mut streamed).unwrap();
         assert_eq!(streamed.len(), model.encoded_len());
         assert_eq!(ModelProto::decode(streamed.as_slice()).unwrap(), model);
+    }
+
+    fn small_model(options: GraphOptions) -> ModelProto {
+        let config = GptConfig {
+            vocab_size: 50,
+            context_length: 8,
+            emb_dim: 8,
+            n_heads: 2,
+            n_layers: 1,
+            drop_rate: 0.0,
+            qkv_bias: true,
+        };
+        build_model(&config, options, &mut RandomInit { seed: 3 }, Some(3)).unwrap()
+    }
+
+    #[test]
+    fn external_data_reads_back_to_the_same_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        let model = small_model(GraphOptions { kv_cache: true, ..Default::default() });
+        let data = write_model(&path, &model, WeightLayout::External).unwrap().unwrap();
+        assert_eq!(data, dir.path().join("m.onnx.data"));
+
+        let stub = read_model(&path).unwrap();
+        let external: Vec<&TensorProto> = stub
+            .graph
+            .iter()
+            .flat_map(|g| &g.initializer)
+            .filter(|t| t.data_location == DataLocation::External as i32)
+            .collect();
+        // wte [50, 8] is 1600 bytes: out; the biases [8] are 32 bytes: in.
+        assert!(external.iter().any(|t| t.name == "wte.weight"));
+        assert!(!external.iter().any(|t| t.name.ends_with(".bias")));
+        for t in &external {
+            assert!(t.float_data.is_empty() && t.raw_data.is_empty());
+            let offset = t.external_data.iter().find(|e| e.key == "offset").unwrap();
+            assert_eq!(offset.value.parse::<u64>().unwrap() % EXTERNAL_ALIGNMENT, 0);
+        }
+        assert!(
+            float_initializers(&stub).is_err(),
+            "values of external tensors are not in the stub"
+        );
+
+        let loaded = read_model_with_data(&path).unwrap();
+        assert_eq!(float_initializers(&loaded).unwrap(), float_initializers(&model).unwrap());
+    }
+
+    #[test]
+    fn damaged_external_data_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        let model = small_model(GraphOptions::default());
+        let data = write_model(&path, &model, WeightLayout::External).unwrap().unwrap();
+        let bytes = std::fs::read(&data).unwrap();
+        std::fs::write(&data, &bytes[..bytes.len() - 4]).unwrap();
+        let err = read_model_with_data(&path).unwrap_err().to_string();
+        assert!(err.contains("past the end"), "{err}");
+        std::fs::remove_file(&data).unwrap();
+        let err = read_model_with_data(&path).unwrap_err().to_string();
+        assert!(err.contains("m.onnx.data"), "{err}");
     }
 
     #[test]

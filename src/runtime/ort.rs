@@ -9,7 +9,7 @@ use ndarray::{Array2, Array3};
 use ort::environment::Environment;
 use ort::ep;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, ValueType};
 
@@ -96,6 +96,18 @@ struct Cache {
 
 impl OrtRuntime {
     pub fn from_bytes(bytes: &[u8], device: Device) -> Result<OrtRuntime> {
+        OrtRuntime::load(device, |builder| builder.commit_from_memory(bytes))
+    }
+
+    /// Loads a file; its external data (`NAME.onnx.data`) is found beside it.
+    pub fn from_path(path: &Path, device: Device) -> Result<OrtRuntime> {
+        OrtRuntime::load(device, |builder| builder.commit_from_file(path))
+    }
+
+    fn load(
+        device: Device,
+        commit: impl Fn(&mut SessionBuilder) -> ort::Result<Session>,
+    ) -> Result<OrtRuntime> {
         let environment = environment()?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let session_on = |use_cuda: bool| -> Result<Session> {
@@ -116,7 +128,7 @@ impl OrtRuntime {
             } else {
                 builder
             };
-            builder.commit_from_memory(bytes).map_err(ort_error("loading the model"))
+            commit(&mut builder).map_err(ort_error("loading the model"))
         };
         let (session, device) = match device {
             Device::Cpu => (session_on(false)?, "cpu"),

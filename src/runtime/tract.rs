@@ -215,12 +215,19 @@ fn onnx_dtype_name(dt: DatumType) -> String {
 /// tract's own shape analysis of a model, ignoring the value infos the file declares:
 /// `(inputs, outputs)` with the dims tract derives from the inputs alone.
 pub fn inferred_io(bytes: &[u8]) -> Result<(Vec<InferredTensor>, Vec<InferredTensor>)> {
-    let model = guarded("analysing the model", || {
-        tract_onnx::onnx()
-            .with_ignore_value_info(true)
-            .model_for_read(&mut &bytes[..])?
-            .into_typed()
-    })?;
+    let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    describe_io(guarded("analysing the model", || {
+        onnx.model_for_read(&mut &bytes[..])?.into_typed()
+    })?)
+}
+
+/// As [`inferred_io`], for a file (whose external data tract reads from beside it).
+pub fn inferred_io_at(path: &Path) -> Result<(Vec<InferredTensor>, Vec<InferredTensor>)> {
+    let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    describe_io(guarded("analysing the model", || onnx.model_for_path(path)?.into_typed())?)
+}
+
+fn describe_io(model: TypedModel) -> Result<(Vec<InferredTensor>, Vec<InferredTensor>)> {
     let describe = |name: String, fact: &TypedFact| InferredTensor {
         name,
         dtype: onnx_dtype_name(fact.datum_type),
