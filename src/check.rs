@@ -1,7 +1,7 @@
 //! `gptc check`: does a file hold the graph gptc promises for its config? For users' CI.
 
-use gptc_graph::onnx::{Dim, ModelProto, ValueInfoProto};
-use gptc_graph::{io_signature, GptConfig, GraphOptions, TensorSignature};
+use gptc_graph::onnx::{DataType, Dim, ModelProto, ValueInfoProto};
+use gptc_graph::{io_signature, GptConfig, GraphOptions, Precision, TensorSignature};
 
 use std::path::Path;
 
@@ -20,7 +20,14 @@ pub fn declared_options(model: &ModelProto) -> GraphOptions {
         .and_then(ValueInfoProto::tensor_signature)
         .is_some_and(|(_, dims)| dims.get(1) == Some(&Some(Dim::Fixed(1))));
     let tie_weights = !graph.initializer.iter().any(|t| t.name == "lm_head.weight");
-    GraphOptions { kv_cache, last_token_logits, tie_weights }
+    let precision = graph
+        .initializer
+        .iter()
+        .find(|t| t.name == "wte.weight")
+        .and_then(|t| DataType::try_from(t.data_type).ok())
+        .and_then(Precision::of_data_type)
+        .unwrap_or_default();
+    GraphOptions { kv_cache, last_token_logits, tie_weights, precision }
 }
 
 fn from_signature(t: &TensorSignature) -> InferredTensor {

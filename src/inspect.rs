@@ -64,7 +64,10 @@ fn weight_tensors(model: &ModelProto) -> Vec<&TensorProto> {
     graph
         .initializer
         .iter()
-        .filter(|t| t.data_type == DataType::Float as i32 && !t.dims.is_empty())
+        .filter(|t| {
+            let float = [DataType::Float as i32, DataType::Float16 as i32].contains(&t.data_type);
+            float && !t.dims.is_empty()
+        })
         .collect()
 }
 

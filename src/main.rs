@@ -17,7 +17,9 @@ use gptc::stream::Utf8Stream;
 use gptc::tokenizer::{Tokenizer, GPT2_VOCAB_SIZE};
 use gptc_graph::file::WeightLayout;
 use gptc_graph::onnx::ModelProto;
-use gptc_graph::{checkpoint, file, GptConfig, GraphOptions, ParameterCount, RandomInit};
+use gptc_graph::{
+    checkpoint, file, GptConfig, GraphOptions, ParameterCount, Precision, RandomInit,
+};
 
 #[derive(Parser)]
 #[command(name = "gptc", version, about = "Compile GPT-2 to ONNX and generate text with it")]
@@ -133,6 +135,8 @@ struct GraphArgs {
     /// imported weights without an `lm_head.weight`.
     #[arg(long)]
     tie_weights: bool,
+    #[command(flatten)]
+    dtype: DtypeArg,
 }
 
 impl GraphArgs {
@@ -141,6 +145,30 @@ impl GraphArgs {
             kv_cache: !self.no_kv_cache,
             last_token_logits: self.last_token_logits,
             tie_weights: self.tie_weights,
+            precision: self.dtype.precision(),
+        }
+    }
+}
+
+#[derive(Args, Clone, Copy)]
+struct DtypeArg {
+    /// Type of weights, activations and KV cache. f16 is for GPU runtimes: LayerNorm and softmax
+    /// stay in float32, and logits are float32.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Dtype,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Dtype {
+    F32,
+    F16,
+}
+
+impl DtypeArg {
+    fn precision(self) -> Precision {
+        match self.dtype {
+            Dtype::F32 => Precision::F32,
+            Dtype::F16 => Precision::F16,
         }
     }
 }
@@ -202,6 +230,9 @@ struct GenerateArgs {
     /// Compile in memory without the KV cache (every token re-runs the whole window).
     #[arg(long, conflicts_with = "model")]
     no_kv_cache: bool,
+    /// When compiling in memory.
+    #[command(flatten)]
+    dtype: DtypeArg,
     #[arg(long, value_enum, default_value = "tract")]
     runtime: RuntimeKind,
     /// Where ONNX Runtime runs (`--runtime ort` only).
@@ -264,9 +295,17 @@ struct BenchArgs {
     /// Keep the exported file in this folder (for other runtimes to time the same file).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Also time ONNX Runtime (CPU) from Rust on the same file.
+    /// Also time ONNX Runtime from Rust on the same file.
     #[arg(long)]
     ort: bool,
+    /// Where ONNX Runtime runs.
+    #[arg(long, value_enum, default_value = "cpu", requires = "ort")]
+    device: Device,
+    /// Skip tract (to time ONNX Runtime alone, e.g. on a GPU).
+    #[arg(long, requires = "ort")]
+    no_tract: bool,
+    #[command(flatten)]
+    dtype: DtypeArg,
     /// End with one JSON line of all figures.
     #[arg(long)]
     json: bool,
@@ -371,7 +410,7 @@ fn export(args: ExportArgs) -> Result<()> {
         data.map(|d| format!(" and {}", d.display())).unwrap_or_default(),
         inspect::thousands(parameters),
         if options.tie_weights { ", tied" } else { "" },
-        (parameters * 4) as f64 / (1024.0 * 1024.0),
+        (parameters * options.precision.bytes()) as f64 / (1024.0 * 1024.0),
         start.elapsed().as_secs_f64()
     );
     Ok(())
@@ -491,8 +530,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
     }
 
     // Generating reads only the last position's logits.
-    let options =
-        GraphOptions { kv_cache: !args.no_kv_cache, last_token_logits: true, tie_weights: false };
+    let options = GraphOptions {
+        kv_cache: !args.no_kv_cache,
+        last_token_logits: true,
+        tie_weights: false,
+        precision: args.dtype.precision(),
+    };
     let (mut runtime, config) = load_runtime(
         args.model.as_deref(),
         args.weights.as_deref(),
@@ -687,7 +730,9 @@ fn bench(args: BenchArgs) -> Result<()> {
     );
 
     let start = Instant::now();
-    let options = GraphOptions { kv_cache: true, last_token_logits: true, tie_weights: false };
+    let precision = args.dtype.precision();
+    let options =
+        GraphOptions { kv_cache: true, last_token_logits: true, tie_weights: false, precision };
     let model =
         gptc_graph::build_model(&config, options, &mut RandomInit { seed: 123 }, Some(123))?;
     let data = file::write_model(&path, &model, WeightLayout::Auto)?;
@@ -702,21 +747,22 @@ fn bench(args: BenchArgs) -> Result<()> {
     }
 
     let mut figures = Vec::new();
-    let start = Instant::now();
-    let mut tract = TractRuntime::from_path(&path)?;
-    let load_s = start.elapsed().as_secs_f64();
-    figures.push(measure(&mut tract, load_s, &args.prefill, args.new_tokens, ctx)?);
-    println!("{}", figures[0]);
-    drop(tract);
+    if !args.no_tract {
+        let start = Instant::now();
+        let mut tract = TractRuntime::from_path(&path)?;
+        let load_s = start.elapsed().as_secs_f64();
+        figures.push(measure(&mut tract, load_s, &args.prefill, args.new_tokens, ctx)?);
+        println!("{}", figures[0]);
+    }
     let tract_peak = peak();
     println!("peak RSS    {tract_peak:.2} GB (export, then tract)");
 
     if args.ort {
         let start = Instant::now();
-        let mut ort = OrtRuntime::from_path(&path, Device::Cpu)?;
+        let mut ort = OrtRuntime::from_path(&path, args.device)?;
         let load_s = start.elapsed().as_secs_f64();
         figures.push(measure(&mut ort, load_s, &args.prefill, args.new_tokens, ctx)?);
-        println!("{}", figures[1]);
+        println!("{}", figures.last().expect("just pushed"));
     }
     if args.dir.is_none() {
         let _ = std::fs::remove_file(&path);
@@ -726,8 +772,8 @@ fn bench(args: BenchArgs) -> Result<()> {
     }
 
     let mut plain_tokens_per_s = None;
-    if args.plain_tokens > 0 {
-        let options = GraphOptions { kv_cache: false, last_token_logits: true, tie_weights: false };
+    if args.plain_tokens > 0 && !args.no_tract {
+        let options = GraphOptions { kv_cache: false, ..options };
         let model =
             gptc_graph::build_model(&config, options, &mut RandomInit { seed: 123 }, Some(123))?;
         let mut plain = TractRuntime::from_bytes(&file::encode(&model))?;
@@ -744,15 +790,16 @@ fn bench(args: BenchArgs) -> Result<()> {
     let bandwidth = read_bandwidth(1 << 30, 5);
     // A decode step reads every matrix once; of the embeddings only one row each, unless the
     // head is the token embedding itself.
-    let read_per_token =
-        ((count.total() - count.token_embedding - count.position_embedding) * 4) as f64;
+    let read_per_token = ((count.total() - count.token_embedding - count.position_embedding)
+        * precision.bytes()) as f64;
     let limit = bandwidth / read_per_token;
     println!(
         "bandwidth   {:.1} GB/s read; {:.0} MB of weights per token bound decode at {limit:.1} tokens/s",
         gb(bandwidth),
         read_per_token / 1e6,
     );
-    for f in &figures {
+    // The bound is the CPU's: it says nothing of a runtime on a GPU.
+    for f in figures.iter().filter(|f| !f.runtime.ends_with("cuda")) {
         println!(
             "{:<10}  decode at {:.2}x the bandwidth bound",
             f.runtime,

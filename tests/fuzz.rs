@@ -15,7 +15,12 @@ fn small_model() -> Vec<u8> {
         drop_rate: 0.0,
         qkv_bias: true,
     };
-    let options = GraphOptions { kv_cache: true, last_token_logits: false, tie_weights: false };
+    let options = GraphOptions {
+        kv_cache: true,
+        last_token_logits: false,
+        tie_weights: false,
+        ..Default::default()
+    };
     file::encode(&build_model(&config, options, &mut RandomInit { seed: 1 }, Some(1)).unwrap())
 }
 

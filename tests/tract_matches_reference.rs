@@ -67,8 +67,12 @@ fn batch_rows_equal_single_runs() {
 #[test]
 fn tied_weights_use_the_token_embedding_as_head() {
     let config = tiny_config(2, true);
-    let options =
-        gptc_graph::GraphOptions { kv_cache: false, last_token_logits: false, tie_weights: true };
+    let options = gptc_graph::GraphOptions {
+        kv_cache: false,
+        last_token_logits: false,
+        tie_weights: true,
+        ..Default::default()
+    };
     let (bytes, weights) = common::compile_with(&config, options, 4);
     assert!(!weights.0.contains_key("lm_head.weight"));
     let mut tract = TractRuntime::from_bytes(&bytes).unwrap();

@@ -41,10 +41,13 @@ impl Attr {
 enum ConstData {
     I64(Vec<i64>),
     F32(Vec<f32>),
+    /// IEEE half bit patterns.
+    F16(Vec<u16>),
 }
 
 pub struct GraphBuilder<'w> {
     weights: &'w mut dyn WeightSource,
+    float: DataType,
     value_names: Vec<String>,
     taken: HashSet<String>,
     nodes: Vec<NodeProto>,
@@ -56,10 +59,12 @@ pub struct GraphBuilder<'w> {
 }
 
 impl<'w> GraphBuilder<'w> {
-    /// A builder whose parameters take their values from `weights`.
-    pub fn new(weights: &'w mut dyn WeightSource) -> GraphBuilder<'w> {
+    /// A builder whose parameters take their values from `weights` and whose weights and
+    /// activations are of type `float` (float32 or float16).
+    pub fn new(weights: &'w mut dyn WeightSource, float: DataType) -> GraphBuilder<'w> {
         GraphBuilder {
             weights,
+            float,
             value_names: Vec::new(),
             taken: HashSet::new(),
             nodes: Vec::new(),
@@ -145,6 +150,13 @@ impl<'w> GraphBuilder<'w> {
                 float_data: v.clone(),
                 ..Default::default()
             },
+            ConstData::F16(v) => TensorProto {
+                name,
+                dims: dims.clone(),
+                data_type: DataType::Float16 as i32,
+                raw_data: v.iter().flat_map(|h| h.to_le_bytes()).collect(),
+                ..Default::default()
+            },
         };
         self.initializers.push(tensor);
         self.consts.push((data, dims, value));
@@ -172,22 +184,52 @@ impl<'w> Scope<'_, 'w> {
         }
     }
 
-    /// A trained or initialized tensor named under this scope, from the builder's weights.
+    /// The element type of the graph's weights and activations.
+    pub fn float_type(&self) -> DataType {
+        self.graph.float
+    }
+
+    /// A trained or initialized tensor named under this scope, from the builder's weights, in
+    /// the graph's float type.
     pub fn param(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Value> {
+        let float = self.graph.float;
+        self.param_of_type(name, shape, init, float)
+    }
+
+    /// A parameter kept in float32 whatever the graph's type (for ops computed in float32).
+    pub fn param_f32(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Value> {
+        self.param_of_type(name, shape, init, DataType::Float)
+    }
+
+    fn param_of_type(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        init: Init,
+        dtype: DataType,
+    ) -> Result<Value> {
         let full = self.qualify(name);
         if let Some(v) = self.graph.params.get(&full) {
             return Ok(*v);
         }
         let data = self.graph.weights.tensor(&full, shape, init)?;
-        let value = self.graph.new_value(full.clone());
-        self.graph.initializers.push(TensorProto {
+        let mut tensor = TensorProto {
             name: full.clone(),
             dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Float as i32,
-            // Moved, not copied: packed `float_data` is the same little-endian bytes as `raw_data`.
-            float_data: data,
+            data_type: dtype as i32,
             ..Default::default()
-        });
+        };
+        match dtype {
+            // Moved, not copied: packed `float_data` is the same little-endian bytes as `raw_data`.
+            DataType::Float => tensor.float_data = data,
+            DataType::Float16 => {
+                tensor.raw_data =
+                    data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect()
+            }
+            other => unreachable!("parameters are float32 or float16, not {other:?}"),
+        }
+        let value = self.graph.new_value(full.clone());
+        self.graph.initializers.push(tensor);
         self.graph.params.insert(full, value);
         Ok(value)
     }
@@ -216,6 +258,35 @@ impl<'w> Scope<'_, 'w> {
 
     pub fn scalar_f32(&mut self, value: f32) -> Value {
         self.graph.constant(ConstData::F32(vec![value]), vec![])
+    }
+
+    /// A scalar in the graph's float type.
+    pub fn scalar(&mut self, value: f32) -> Value {
+        match self.graph.float {
+            DataType::Float16 => self
+                .graph
+                .constant(ConstData::F16(vec![half::f16::from_f32(value).to_bits()]), vec![]),
+            _ => self.scalar_f32(value),
+        }
+    }
+
+    /// `x` (of the graph's float type) in float32: a Cast only where the types differ.
+    pub fn to_f32(&mut self, x: Value) -> Value {
+        if self.graph.float == DataType::Float {
+            x
+        } else {
+            self.cast(x, DataType::Float)
+        }
+    }
+
+    /// `x` (float32) in the graph's float type: a Cast only where the types differ.
+    pub fn from_f32(&mut self, x: Value) -> Value {
+        if self.graph.float == DataType::Float {
+            x
+        } else {
+            let float = self.graph.float;
+            self.cast(x, float)
+        }
     }
 
     /// Adds one node with a single output, named after the scope and the op.

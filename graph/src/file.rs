@@ -422,7 +422,12 @@ mod tests {
             drop_rate: 0.0,
             qkv_bias: true,
         };
-        let options = GraphOptions { kv_cache: true, last_token_logits: false, tie_weights: false };
+        let options = GraphOptions {
+            kv_cache: true,
+            last_token_logits: false,
+            tie_weights: false,
+            ..Default::default()
+        };
         let model = build_model(&config, options, &mut RandomInit { seed: 3 }, Some(3)).unwrap();
         let mut streamed = Vec::new();
         encode_to(&model, &mut streamed).unwrap();

@@ -38,6 +38,43 @@ pub struct GraphOptions {
     pub last_token_logits: bool,
     /// The output head is the token embedding (`wte`), as in GPT-2: no `lm_head.weight`.
     pub tie_weights: bool,
+    /// The type of weights, activations and the KV cache. Logits are float32 either way.
+    pub precision: Precision,
+}
+
+/// Float32, or float16 for GPU runtimes: in float16, LayerNorm and softmax still compute in
+/// float32 (a variance or a sum of exponentials overflows half precision long before the values
+/// themselves do), and the logits are widened back to float32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    pub fn data_type(self) -> DataType {
+        match self {
+            Precision::F32 => DataType::Float,
+            Precision::F16 => DataType::Float16,
+        }
+    }
+
+    pub fn of_data_type(dtype: DataType) -> Option<Precision> {
+        match dtype {
+            DataType::Float => Some(Precision::F32),
+            DataType::Float16 => Some(Precision::F16),
+            _ => None,
+        }
+    }
+
+    /// Bytes per weight.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
 }
 
 /// A graph input or output: name, element type, dims.
@@ -58,6 +95,7 @@ pub fn io_signature(
     let ids = || vec![BATCH.into(), SEQUENCE.into()];
     let cache =
         |length: &str| vec![BATCH.into(), cfg.n_heads.into(), length.into(), cfg.head_dim().into()];
+    let float = options.precision.data_type();
     let positions = if options.last_token_logits { Dim::Fixed(1) } else { SEQUENCE.into() };
     let mut inputs = vec![t("input_ids".into(), DataType::Int64, ids())];
     let mut outputs = vec![t(
@@ -70,10 +108,10 @@ pub fn io_signature(
         inputs.push(t("position_ids".into(), DataType::Int64, ids()));
         for i in 0..cfg.n_layers {
             for part in ["key", "value"] {
-                inputs.push(t(format!("past_key_values.{i}.{part}"), DataType::Float, cache(PAST)));
+                inputs.push(t(format!("past_key_values.{i}.{part}"), float, cache(PAST)));
             }
             for part in ["key", "value"] {
-                outputs.push(t(format!("present.{i}.{part}"), DataType::Float, cache(TOTAL)));
+                outputs.push(t(format!("present.{i}.{part}"), float, cache(TOTAL)));
             }
         }
     }
@@ -107,7 +145,8 @@ pub fn build_model(
     init_seed: Option<u64>,
 ) -> Result<ModelProto> {
     config.validate()?;
-    let mut graph = GraphBuilder::new(weights);
+    let float = options.precision.data_type();
+    let mut graph = GraphBuilder::new(weights, float);
     let inputs = declare_inputs(&mut graph, config, options);
     let (logits, present) = gpt2(&mut graph.root(), &inputs, config, options)?;
 
@@ -116,8 +155,8 @@ pub fn build_model(
     graph.output(logits, "logits", DataType::Float, &logits_dims);
     let cache_dims = [BATCH.into(), config.n_heads.into(), TOTAL.into(), config.head_dim().into()];
     for (i, kv) in present.iter().enumerate() {
-        graph.output(kv.key, &format!("present.{i}.key"), DataType::Float, &cache_dims);
-        graph.output(kv.value, &format!("present.{i}.value"), DataType::Float, &cache_dims);
+        graph.output(kv.key, &format!("present.{i}.key"), float, &cache_dims);
+        graph.output(kv.value, &format!("present.{i}.value"), float, &cache_dims);
     }
 
     let mut metadata = vec![
@@ -126,6 +165,7 @@ pub fn build_model(
         ("gptc.kv_cache", options.kv_cache.to_string()),
         ("gptc.last_token_logits", options.last_token_logits.to_string()),
         ("gptc.tie_weights", options.tie_weights.to_string()),
+        ("gptc.dtype", float.onnx_name().to_string()),
     ];
     if let Some(seed) = init_seed {
         metadata.push(("gptc.init_seed", seed.to_string()));
@@ -199,7 +239,8 @@ fn gpt2(
         s.param("lm_head.weight", &[vocab, e], Init::Normal { std: INIT_STD })?
     };
     let head_t = s.transpose(head, &[1, 0]);
-    Ok((s.matmul(x, head_t), present))
+    let logits = s.matmul(x, head_t);
+    Ok((s.to_f32(logits), present))
 }
 
 /// `keep[i, j]`: query position `i` may attend to key position `j <= i`. Rows and columns are
@@ -252,9 +293,11 @@ fn transformer_block(
 }
 
 fn layer_norm(s: &mut Scope, x: Value, dim: usize) -> Result<Value> {
-    let scale = s.param("weight", &[dim], Init::Ones)?;
-    let shift = s.param("bias", &[dim], Init::Zeros)?;
-    Ok(s.layer_normalization(x, scale, shift, LAYER_NORM_EPS))
+    let scale = s.param_f32("weight", &[dim], Init::Ones)?;
+    let shift = s.param_f32("bias", &[dim], Init::Zeros)?;
+    let x = s.to_f32(x);
+    let y = s.layer_normalization(x, scale, shift, LAYER_NORM_EPS);
+    Ok(s.from_f32(y))
 }
 
 /// `x @ W (+ b)` with `W` stored `[in, out]`, as GPT-2's Conv1D keeps it.
@@ -317,11 +360,13 @@ fn causal_self_attention(
 
     let k_t = s.transpose(kv.key, &[0, 1, 3, 2]);
     let scores = s.matmul(q, k_t);
+    let scores = s.to_f32(scores);
     let scale = s.scalar_f32(1.0 / (cfg.head_dim() as f32).sqrt());
     let scores = s.mul(scores, scale);
     let masked = s.scalar_f32(f32::MIN);
     let scores = s.where_(keep, scores, masked);
     let attention = s.softmax_last_axis(scores);
+    let attention = s.from_f32(attention);
     let context = s.matmul(attention, kv.value);
     let context = merge_heads(s, context, cfg);
     let out = linear(&mut s.pp("c_proj"), context, e, e, true, residual_std(cfg))?;
@@ -338,12 +383,14 @@ fn feed_forward(s: &mut Scope, x: Value, cfg: &GptConfig) -> Result<Value> {
 
 /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, written in the exact form that tract's
 /// declutter and ONNX Runtime's FastGelu fusion both recognize (Gelu itself needs opset 20).
+/// In float16, `x^3` overflows for |x| > 40, where tanh is saturated: the result stays exact
+/// (`x` or 0), with no NaN.
 fn gelu_tanh(s: &mut Scope, x: Value) -> Value {
-    let three = s.scalar_f32(3.0);
-    let cubic_coef = s.scalar_f32(0.044715);
-    let sqrt_2_over_pi = s.scalar_f32((2.0 / std::f32::consts::PI).sqrt());
-    let one = s.scalar_f32(1.0);
-    let half = s.scalar_f32(0.5);
+    let three = s.scalar(3.0);
+    let cubic_coef = s.scalar(0.044715);
+    let sqrt_2_over_pi = s.scalar((2.0 / std::f32::consts::PI).sqrt());
+    let one = s.scalar(1.0);
+    let half = s.scalar(0.5);
 
     let cube = s.pow(x, three);
     let cube = s.mul(cube, cubic_coef);

@@ -12,7 +12,7 @@ pub mod rng;
 pub mod weights;
 
 pub use config::{GptConfig, ParameterCount};
-pub use gpt2::{build_model, io_signature, GraphOptions, TensorSignature};
+pub use gpt2::{build_model, io_signature, GraphOptions, Precision, TensorSignature};
 pub use weights::{Init, NamedTensor, RandomInit, Recording, TensorMap, WeightSource};
 
 use std::path::PathBuf;

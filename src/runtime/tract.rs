@@ -24,6 +24,8 @@ pub struct TractRuntime {
 struct Cache {
     heads: usize,
     head_dim: usize,
+    /// f32, or f16 for a `--dtype f16` export.
+    datum_type: DatumType,
     /// Output index of `present.{i}.key` and `present.{i}.value`, per layer.
     present_outputs: Vec<(usize, usize)>,
     past: Vec<(TValue, TValue)>,
@@ -100,7 +102,8 @@ impl TractRuntime {
         let logits_output = output("logits")?;
         let cache = if has_cache {
             let key_input = roles.iter().position(|r| *r == InputRole::PastKey(0)).unwrap_or(0);
-            let shape = &model.input_fact(key_input).map_err(tract_error("inputs"))?.shape;
+            let fact = model.input_fact(key_input).map_err(tract_error("inputs"))?;
+            let (shape, datum_type) = (&fact.shape, fact.datum_type);
             let fixed =
                 |axis: usize| shape.get(axis).and_then(|d| d.to_i64().ok()).map(|d| d as usize);
             let (Some(heads), Some(head_dim)) = (fixed(1), fixed(3)) else {
@@ -116,7 +119,7 @@ impl TractRuntime {
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Some(Cache { heads, head_dim, present_outputs, past: Vec::new() })
+            Some(Cache { heads, head_dim, datum_type, present_outputs, past: Vec::new() })
         } else {
             None
         };
@@ -150,8 +153,10 @@ impl Runtime for TractRuntime {
             what.map(tensor_of)
                 .ok_or_else(|| Error::Input(format!("a KV-cache model needs {name}")))
         };
-        let empty_past = |c: &Cache| -> TValue {
-            Tensor::zero::<f32>(&[batch, c.heads, 0, c.head_dim]).expect("empty tensor").into()
+        let empty_past = |c: &Cache| -> Result<TValue> {
+            Ok(Tensor::zero_dt(c.datum_type, &[batch, c.heads, 0, c.head_dim])
+                .map_err(tract_error("empty past"))?
+                .into())
         };
         let mut inputs = TVec::new();
         for role in &self.roles {
@@ -160,10 +165,10 @@ impl Runtime for TractRuntime {
                 (InputRole::AttentionMask, _) => needs(step.attention_mask, "attention_mask")?,
                 (InputRole::PositionIds, _) => needs(step.position_ids, "position_ids")?,
                 (InputRole::PastKey(i), Some(c)) => {
-                    c.past.get(*i).map_or_else(|| empty_past(c), |kv| kv.0.clone())
+                    c.past.get(*i).map_or_else(|| empty_past(c), |kv| Ok(kv.0.clone()))?
                 }
                 (InputRole::PastValue(i), Some(c)) => {
-                    c.past.get(*i).map_or_else(|| empty_past(c), |kv| kv.1.clone())
+                    c.past.get(*i).map_or_else(|| empty_past(c), |kv| Ok(kv.1.clone()))?
                 }
                 (_, None) => unreachable!("cache inputs imply a cache"),
             });

@@ -8,7 +8,7 @@ use gptc::generate::{generate, Next};
 use gptc::reference::{argmax, Reference};
 use gptc::runtime::Runtime;
 pub use gptc_graph::GptConfig;
-use gptc_graph::{build_model, file, GraphOptions, RandomInit, Recording, TensorMap};
+use gptc_graph::{build_model, file, GraphOptions, Precision, RandomInit, Recording, TensorMap};
 use ndarray::{s, Array1, Array2, Array3};
 
 /// A small GPT-2: the real vocabulary and tokenizer, a few narrow layers.
@@ -24,14 +24,30 @@ pub fn tiny_config(n_layers: usize, qkv_bias: bool) -> GptConfig {
     }
 }
 
-pub const PLAIN: GraphOptions =
-    GraphOptions { kv_cache: false, last_token_logits: false, tie_weights: false };
-pub const PLAIN_LAST: GraphOptions =
-    GraphOptions { kv_cache: false, last_token_logits: true, tie_weights: false };
-pub const CACHE: GraphOptions =
-    GraphOptions { kv_cache: true, last_token_logits: false, tie_weights: false };
-pub const CACHE_LAST: GraphOptions =
-    GraphOptions { kv_cache: true, last_token_logits: true, tie_weights: false };
+pub const PLAIN: GraphOptions = GraphOptions {
+    kv_cache: false,
+    last_token_logits: false,
+    tie_weights: false,
+    precision: Precision::F32,
+};
+pub const PLAIN_LAST: GraphOptions = GraphOptions {
+    kv_cache: false,
+    last_token_logits: true,
+    tie_weights: false,
+    precision: Precision::F32,
+};
+pub const CACHE: GraphOptions = GraphOptions {
+    kv_cache: true,
+    last_token_logits: false,
+    tie_weights: false,
+    precision: Precision::F32,
+};
+pub const CACHE_LAST: GraphOptions = GraphOptions {
+    kv_cache: true,
+    last_token_logits: true,
+    tie_weights: false,
+    precision: Precision::F32,
+};
 pub const ALL_VARIANTS: [GraphOptions; 4] = [PLAIN, PLAIN_LAST, CACHE, CACHE_LAST];
 
 /// The encoded model (plain graph) and every weight it was built with.
