@@ -6,6 +6,7 @@ pub mod bench;
 pub mod check;
 pub mod generate;
 pub mod inspect;
+pub mod progress;
 pub mod reference;
 pub mod runtime;
 pub mod sampling;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use gptc::generate::Next;
 use gptc::inspect;
+use gptc::progress::{Progress, Reporting};
 use gptc::runtime::ort::{Device, OrtRuntime};
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::Runtime;
@@ -369,11 +370,21 @@ fn compile(
     weights: Option<&Path>,
     seed: u64,
 ) -> Result<(GptConfig, GraphOptions, ModelProto)> {
+    let building = |config: &GptConfig, options: GraphOptions| {
+        let count = ParameterCount::of(config);
+        let values = if options.tie_weights { count.total_tied() } else { count.total() };
+        Progress::bytes("building the model", (values * options.precision.bytes()) as u64)
+    };
     let Some(weights) = weights else {
         let config = config_args.resolve()?;
         check_fits_in_memory(ParameterCount::of(&config).total() as u64 * 4)?;
-        let model =
-            gptc_graph::build_model(&config, options, &mut RandomInit { seed }, Some(seed))?;
+        let progress = building(&config, options);
+        let mut source = Reporting {
+            source: &mut RandomInit { seed },
+            progress: &progress,
+            bytes_per_value: options.precision.bytes() as u64,
+        };
+        let model = gptc_graph::build_model(&config, options, &mut source, Some(seed))?;
         return Ok((config, options, model));
     };
     let (config, mut checkpoint) = if weights.is_dir() {
@@ -391,7 +402,14 @@ fn compile(
     };
     // GPT-2 ties its head to the token embedding; a checkpoint with its own head keeps it.
     options.tie_weights |= !checkpoint.has("lm_head.weight");
-    let model = gptc_graph::build_model(&config, options, &mut checkpoint, None)?;
+    let progress = building(&config, options);
+    let mut source = Reporting {
+        source: &mut checkpoint,
+        progress: &progress,
+        bytes_per_value: options.precision.bytes() as u64,
+    };
+    let model = gptc_graph::build_model(&config, options, &mut source, None)?;
+    drop(progress);
     checkpoint.check_all_used()?;
     Ok((config, options, model))
 }
@@ -401,17 +419,20 @@ fn export(args: ExportArgs) -> Result<()> {
     let (config, options, model) =
         compile(&args.model, args.graph.options(), args.weights.as_deref(), args.seed)?;
     let layout = if args.external_data { WeightLayout::External } else { WeightLayout::Auto };
-    let data = file::write_model(&args.output, &model, layout)?;
+    let progress = Progress::bytes("writing", file::tensor_bytes(&model));
+    let data = file::write_model_observed(&args.output, &model, layout, &|n| progress.advance(n))?;
+    drop(progress);
     let count = ParameterCount::of(&config);
     let parameters = if options.tie_weights { count.total_tied() } else { count.total() };
     eprintln!(
-        "wrote {}{} ({} parameters{}, {:.2} MB) in {:.2} s",
+        "wrote {}{} ({} parameters{}, {:.2} MB) in {:.2} s, peak RSS {:.2} GB",
         args.output.display(),
         data.map(|d| format!(" and {}", d.display())).unwrap_or_default(),
         inspect::thousands(parameters),
         if options.tie_weights { ", tied" } else { "" },
         (parameters * options.precision.bytes()) as f64 / (1024.0 * 1024.0),
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        gptc::peak_rss_bytes().unwrap_or(0) as f64 / 1e9
     );
     Ok(())
 }
@@ -429,7 +450,15 @@ fn load_runtime(
     if kind == RuntimeKind::Tract && device != Device::Cpu {
         bail!("tract runs on the CPU only: use --runtime ort for --device cuda or auto");
     }
+    let loading = |what: &str| {
+        let runtime = match kind {
+            RuntimeKind::Tract => "tract",
+            RuntimeKind::Ort => "ONNX Runtime",
+        };
+        Progress::spinner(&format!("{what} ({runtime}: parse, optimize, plan)"))
+    };
     let from_path = |path: &Path| -> Result<Box<dyn Runtime>> {
+        let _progress = loading(&format!("loading {}", path.display()));
         Ok(match kind {
             RuntimeKind::Tract => Box::new(TractRuntime::from_path(path)?),
             RuntimeKind::Ort => Box::new(OrtRuntime::from_path(path, device)?),
@@ -440,6 +469,7 @@ fn load_runtime(
         if !file::needs_external_data(&model) {
             let bytes = file::encode(&model);
             drop(model);
+            let _progress = loading("loading the model");
             let runtime: Box<dyn Runtime> = match kind {
                 RuntimeKind::Tract => Box::new(TractRuntime::from_bytes(&bytes)?),
                 RuntimeKind::Ort => Box::new(OrtRuntime::from_bytes(&bytes, device)?),
@@ -450,7 +480,9 @@ fn load_runtime(
         let dir = std::env::temp_dir().join(format!("gptc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("model.onnx");
-        let loaded = file::write_model(&path, &model, WeightLayout::External)
+        let progress = Progress::bytes("staging external data", file::tensor_bytes(&model));
+        let written = |n| progress.advance(n);
+        let loaded = file::write_model_observed(&path, &model, WeightLayout::External, &written)
             .map_err(anyhow::Error::from)
             .and_then(|_| {
                 drop(model);

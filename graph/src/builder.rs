@@ -336,10 +336,6 @@ impl<'w> Scope<'_, 'w> {
         self.op("Slice", &[x, starts, ends, axes], vec![])
     }
 
-    pub fn pow(&mut self, a: Value, b: Value) -> Value {
-        self.op("Pow", &[a, b], vec![])
-    }
-
     pub fn tanh(&mut self, x: Value) -> Value {
         self.op("Tanh", &[x], vec![])
     }

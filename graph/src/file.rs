@@ -179,8 +179,18 @@ pub fn write_model(
     model: &ModelProto,
     layout: WeightLayout,
 ) -> Result<Option<PathBuf>> {
+    write_model_observed(path, model, layout, &|_| {})
+}
+
+/// As [`write_model`], telling `written` of every chunk of bytes as it goes to disk.
+pub fn write_model_observed(
+    path: &Path,
+    model: &ModelProto,
+    layout: WeightLayout,
+    written: &dyn Fn(u64),
+) -> Result<Option<PathBuf>> {
     if layout == WeightLayout::Auto && !needs_external_data(model) {
-        write_atomically(path, |out| encode_to(model, out))?;
+        write_atomically(path, |out| encode_to(model, &mut Observed { out, written }))?;
         return Ok(None);
     }
     let data = data_path(path);
@@ -190,6 +200,7 @@ pub fn write_model(
         return Err(Error::Config("the graph alone is over protobuf's 2 GiB limit".into()));
     }
     write_atomically(&data, |out| {
+        let out = &mut Observed { out, written };
         let mut written = 0u64;
         for (tensor, offset) in &placed {
             std::io::copy(&mut std::io::repeat(0).take(offset - written), out)?;
@@ -203,6 +214,29 @@ pub fn write_model(
         let _ = std::fs::remove_file(&data);
     }
     model_written.map(|()| Some(data))
+}
+
+/// A writer that reports what passes through it.
+struct Observed<'a> {
+    out: &'a mut dyn Write,
+    written: &'a dyn Fn(u64),
+}
+
+impl Write for Observed<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        (self.written)(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The bytes of all the model's tensor values: what writing it mostly is.
+pub fn tensor_bytes(model: &ModelProto) -> u64 {
+    model.graph.iter().flat_map(|g| &g.initializer).map(|t| tensor_byte_len(t) as u64).sum()
 }
 
 /// The bytes a tensor's values take when stored raw (little-endian, as ONNX's `raw_data`).

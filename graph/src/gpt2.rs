@@ -218,13 +218,19 @@ fn gpt2(
         Some(cache) => (cache.position_ids, cached_attention_mask(s, ctx, inputs.input_ids, cache)),
     };
 
+    // Masked scores get f32::MIN added, once computed for all layers: a broadcast Add per layer
+    // is far cheaper than a Where over every head's scores (12.7% of tract's 1024-token prefill).
+    let zero = s.scalar_f32(0.0);
+    let masked = s.scalar_f32(f32::MIN);
+    let attention_bias = s.where_(keep, zero, masked);
+
     let tokens = s.gather(wte, inputs.input_ids);
     let places = s.gather(wpe, positions);
     let mut x = s.add(tokens, places);
     let mut present = Vec::new();
     for i in 0..cfg.n_layers {
         let past = inputs.cache.as_ref().map(|c| c.past[i]);
-        let (y, kv) = transformer_block(&mut s.pp(format!("h.{i}")), x, keep, past, cfg)?;
+        let (y, kv) = transformer_block(&mut s.pp(format!("h.{i}")), x, attention_bias, past, cfg)?;
         x = y;
         present.extend(kv);
     }
@@ -280,12 +286,12 @@ fn cached_attention_mask(
 fn transformer_block(
     s: &mut Scope,
     x: Value,
-    keep: Value,
+    attention_bias: Value,
     past: Option<KeyValue>,
     cfg: &GptConfig,
 ) -> Result<(Value, Option<KeyValue>)> {
     let h = layer_norm(&mut s.pp("ln_1"), x, cfg.emb_dim)?;
-    let (a, present) = causal_self_attention(&mut s.pp("attn"), h, keep, past, cfg)?;
+    let (a, present) = causal_self_attention(&mut s.pp("attn"), h, attention_bias, past, cfg)?;
     let x = s.add(x, a);
     let h = layer_norm(&mut s.pp("ln_2"), x, cfg.emb_dim)?;
     let m = feed_forward(&mut s.pp("mlp"), h, cfg)?;
@@ -340,7 +346,7 @@ fn merge_heads(s: &mut Scope, x: Value, cfg: &GptConfig) -> Value {
 fn causal_self_attention(
     s: &mut Scope,
     x: Value,
-    keep: Value,
+    attention_bias: Value,
     past: Option<KeyValue>,
     cfg: &GptConfig,
 ) -> Result<(Value, Option<KeyValue>)> {
@@ -363,8 +369,7 @@ fn causal_self_attention(
     let scores = s.to_f32(scores);
     let scale = s.scalar_f32(1.0 / (cfg.head_dim() as f32).sqrt());
     let scores = s.mul(scores, scale);
-    let masked = s.scalar_f32(f32::MIN);
-    let scores = s.where_(keep, scores, masked);
+    let scores = s.add(scores, attention_bias);
     let attention = s.softmax_last_axis(scores);
     let attention = s.from_f32(attention);
     let context = s.matmul(attention, kv.value);
@@ -381,23 +386,25 @@ fn feed_forward(s: &mut Scope, x: Value, cfg: &GptConfig) -> Result<Value> {
     linear(&mut s.pp("c_proj"), h, hidden, e, true, residual_std(cfg))
 }
 
-/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, written in the exact form that tract's
-/// declutter and ONNX Runtime's FastGelu fusion both recognize (Gelu itself needs opset 20).
-/// In float16, `x^3` overflows for |x| > 40, where tanh is saturated: the result stays exact
-/// (`x` or 0), with no NaN.
+/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, written as
+/// `(0.5 x) (1 + tanh((sqrt(2/pi) x) (1 + (0.044715 x) x)))`: the form ONNX Runtime's FastGelu
+/// fusion matches without a `Pow`. tract 0.23.9 fuses no form: it rewrites `Pow(x, 3)` into an
+/// element-wise `powf` before its GELU detector can see it, and that `powf` alone took 23% of a
+/// 1024-token prefill (BENCHMARKS.md). Gelu itself needs opset 20. In float16, the products overflow
+/// only for |x| > 120, where tanh is saturated and the result stays exact (`x` or 0), no NaN.
 fn gelu_tanh(s: &mut Scope, x: Value) -> Value {
-    let three = s.scalar(3.0);
     let cubic_coef = s.scalar(0.044715);
     let sqrt_2_over_pi = s.scalar((2.0 / std::f32::consts::PI).sqrt());
     let one = s.scalar(1.0);
     let half = s.scalar(0.5);
 
-    let cube = s.pow(x, three);
-    let cube = s.mul(cube, cubic_coef);
-    let inner = s.add(x, cube);
-    let inner = s.mul(inner, sqrt_2_over_pi);
+    let scaled = s.mul(cubic_coef, x);
+    let square_term = s.mul(scaled, x);
+    let factor = s.add(square_term, one);
+    let x_scaled = s.mul(x, sqrt_2_over_pi);
+    let inner = s.mul(factor, x_scaled);
     let t = s.tanh(inner);
     let t = s.add(t, one);
     let half_x = s.mul(x, half);
-    s.mul(half_x, t)
+    s.mul(t, half_x)
 }
