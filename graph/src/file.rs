@@ -447,22 +447,7 @@ mod tests {
 
     #[test]
     fn streamed_encoding_decodes_to_the_same_model() {
-        let config = GptConfig {
-            vocab_size: 50,
-            context_length: 8,
-            emb_dim: 8,
-            n_heads: 2,
-            n_layers: 1,
-            drop_rate: 0.0,
-            qkv_bias: true,
-        };
-        let options = GraphOptions {
-            kv_cache: true,
-            last_token_logits: false,
-            tie_weights: false,
-            ..Default::default()
-        };
-        let model = build_model(&config, options, &mut RandomInit { seed: 3 }, Some(3)).unwrap();
+        let model = small_model(GraphOptions { kv_cache: true, ..Default::default() });
         let mut streamed = Vec::new();
         encode_to(&model, &mut streamed).unwrap();
         assert_eq!(streamed.len(), model.encoded_len());
