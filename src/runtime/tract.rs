@@ -86,7 +86,7 @@ impl TractRuntime {
             .map(|o| InputRole::of(&model.node(o.node).name))
             .collect::<Result<Vec<_>>>()?;
         let (has_cache, layers) = check_input_layout(&roles)?;
-        let model = guarded("optimizing the model", || model.into_optimized())?;
+        let model = optimized(model)?;
         let output_names: Vec<String> = model
             .output_outlets()
             .map_err(tract_error("outputs"))?
@@ -126,6 +126,79 @@ impl TractRuntime {
         let plan = model.into_runnable().map_err(tract_error("planning the model"))?;
         Ok(TractRuntime { plan, roles, logits_output, cache })
     }
+}
+
+/// The plan-ready form of a loaded model: typed, GELU fused, then optimized.
+pub fn optimized(model: InferenceModel) -> Result<TypedModel> {
+    guarded("optimizing the model", || fuse_gelu(model.into_typed()?)?.into_optimized())
+}
+
+/// Rewrites every GELU(tanh) written as gptc writes it,
+/// `(0.5 x) (1 + tanh((sqrt(2/pi) x) (1 + (0.044715 x) x)))` (the form ONNX Runtime fuses), into
+/// tract's one-pass `GeluApproximate`. tract 0.23.9's own detector starts from `Pow(x, 3)`, which
+/// its declutter turns into an element-wise `powf` before the detector runs, so it never fires;
+/// unfused, GELU's nine element-wise ops took ~18% of a 1024-token prefill (BENCHMARKS.md).
+fn fuse_gelu(mut model: TypedModel) -> TractResult<TypedModel> {
+    // The replaced nodes are left dead; the optimizer that follows prunes them.
+    while let Some(patch) = model.nodes().iter().find_map(|n| gelu_patch(&model, n).transpose()) {
+        patch?.apply(&mut model)?;
+    }
+    Ok(model)
+}
+
+/// The patch replacing the GELU that starts at `scaled` (`0.044715 * x`), if it is one.
+fn gelu_patch(model: &TypedModel, scaled: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    use tract_onnx::tract_core::model::TypedModelHelpers;
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
+    use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+    use tract_onnx::tract_core::ops::konst::Const;
+    use tract_onnx::tract_core::ops::math::{Add, Mul, Tanh};
+    use tract_onnx::tract_core::ops::nn::gelu_approximate::gelu_approximate;
+
+    let is_mul = |n: &TypedNode| n.op_as::<TypedBinOp>().is_some_and(|b| b.0.is::<Mul>());
+    // `c * x` or `x * c` for the constant `c`: `x` is the other input.
+    let scales = |n: &TypedNode, c: f32, x: &OutletId| {
+        is_mul(n) && model.matches_single_input_const(n, c) && n.inputs.contains(x)
+    };
+    // The input of `to` that is not `from`'s output.
+    let other_input = |to: &TypedNode, from: &TypedNode| -> Option<&TypedNode> {
+        let other = to.inputs.iter().find(|i| i.node != from.id)?;
+        Some(&model.nodes()[other.node])
+    };
+    if !is_mul(scaled) || !model.matches_single_input_const(scaled, 0.044715) {
+        return Ok(None);
+    }
+    let Some(&x) = scaled.inputs.iter().find(|i| model.node(i.node).op_as::<Const>().is_none())
+    else {
+        return Ok(None);
+    };
+    let sqrt_2_over_pi = (2.0 / std::f32::consts::PI).sqrt();
+    let matched = (|| {
+        let square = model.find_succ_bin_with_outlet::<Mul>(scaled, &x)?;
+        let factor = model.find_succ_bin_with_const::<Add>(square, 1.0)?;
+        let inner = model.single_succ(factor.id).ok()??;
+        let x_scaled = other_input(inner, factor)?;
+        let tanh = model.single_succ(inner.id).ok()??;
+        let tanh_op = tanh.op_as::<ElementWiseOp>()?;
+        let t_plus_1 = model.find_succ_bin_with_const::<Add>(tanh, 1.0)?;
+        let out = model.single_succ(t_plus_1.id).ok()??;
+        let half_x = other_input(out, t_plus_1)?;
+        let shape_holds = is_mul(inner)
+            && scales(x_scaled, sqrt_2_over_pi, &x)
+            && tanh_op.0.is::<Tanh>()
+            && is_mul(out)
+            && scales(half_x, 0.5, &x);
+        shape_holds.then_some(out)
+    })();
+    let Some(out) = matched else {
+        return Ok(None);
+    };
+    let mut patch = TypedModelPatch::default();
+    let input = patch.tap_model(model, x)?;
+    let gelu =
+        patch.wire_node(format!("{}.gelu", scaled.name), gelu_approximate(false), &[input])?;
+    patch.shunt_outside(model, out.id.into(), gelu[0])?;
+    Ok(Some(patch))
 }
 
 fn tensor_of(array: &Array2<i64>) -> TValue {
@@ -250,4 +323,36 @@ fn describe_io(model: TypedModel) -> Result<(Vec<InferredTensor>, Vec<InferredTe
         outputs.push(describe(name, fact));
     }
     Ok((inputs, outputs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gptc_graph::{build_model, file, GptConfig, GraphOptions, Precision, RandomInit};
+
+    fn plan_ops(precision: Precision) -> Vec<String> {
+        let config = GptConfig {
+            vocab_size: 50,
+            context_length: 8,
+            emb_dim: 8,
+            n_heads: 2,
+            n_layers: 3,
+            drop_rate: 0.0,
+            qkv_bias: false,
+        };
+        let options = GraphOptions { kv_cache: true, precision, ..Default::default() };
+        let model = build_model(&config, options, &mut RandomInit { seed: 1 }, None).unwrap();
+        let runtime = TractRuntime::from_bytes(&file::encode(&model)).unwrap();
+        runtime.plan.model().nodes().iter().map(|n| n.op.name().to_string()).collect()
+    }
+
+    #[test]
+    fn each_layers_gelu_becomes_one_tract_op() {
+        for precision in [Precision::F32, Precision::F16] {
+            let ops = plan_ops(precision);
+            let gelus = ops.iter().filter(|op| op.contains("GeluApproximate")).count();
+            assert_eq!(gelus, 3, "{precision:?}: {ops:?}");
+            assert!(!ops.iter().any(|op| op.contains("Tanh")), "{precision:?}: {ops:?}");
+        }
+    }
 }
