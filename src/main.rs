@@ -464,17 +464,19 @@ fn load_runtime(
             RuntimeKind::Ort => Box::new(OrtRuntime::from_path(path, device)?),
         })
     };
+    let from_bytes = |bytes: &[u8]| -> Result<Box<dyn Runtime>> {
+        let _progress = loading("loading the model");
+        Ok(match kind {
+            RuntimeKind::Tract => Box::new(TractRuntime::from_bytes(bytes)?),
+            RuntimeKind::Ort => Box::new(OrtRuntime::from_bytes(bytes, device)?),
+        })
+    };
     let Some(path) = model else {
         let (config, _, model) = compile(config_args, options, weights, seed)?;
         if !file::needs_external_data(&model) {
             let bytes = file::encode(&model);
             drop(model);
-            let _progress = loading("loading the model");
-            let runtime: Box<dyn Runtime> = match kind {
-                RuntimeKind::Tract => Box::new(TractRuntime::from_bytes(&bytes)?),
-                RuntimeKind::Ort => Box::new(OrtRuntime::from_bytes(&bytes, device)?),
-            };
-            return Ok((runtime, config));
+            return Ok((from_bytes(&bytes)?, config));
         }
         // Over protobuf's limit the runtimes read weights only as external data, from files.
         let dir = std::env::temp_dir().join(format!("gptc-{}", std::process::id()));
@@ -486,6 +488,7 @@ fn load_runtime(
             .map_err(anyhow::Error::from)
             .and_then(|_| {
                 drop(model);
+                drop(progress);
                 from_path(&path)
             });
         let _ = std::fs::remove_dir_all(&dir);
@@ -495,7 +498,8 @@ fn load_runtime(
     let model_size = size(path).with_context(|| format!("reading {}", path.display()))?;
     check_fits_in_memory(model_size + size(&file::data_path(path)).unwrap_or(0))?;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let config = match file::stored_config_of_bytes(path, &bytes)? {
+    let header = file::stored_header_of_bytes(path, &bytes)?;
+    let config = match header.config {
         Some(c) => c,
         None if config_args.any_given() => config_args.resolve()?,
         None => bail!(
@@ -503,8 +507,13 @@ fn load_runtime(
             path.display()
         ),
     };
-    drop(bytes);
-    Ok((from_path(path)?, config))
+    // The file was read once: a self-contained one loads from those bytes; one with external
+    // data loads by path, so the runtime finds its data beside it.
+    if header.external_data {
+        drop(bytes);
+        return Ok((from_path(path)?, config));
+    }
+    Ok((from_bytes(&bytes)?, config))
 }
 
 /// GPT-2's end-of-text token.

@@ -61,7 +61,7 @@ proptest! {
     fn random_bytes_are_not_a_model(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let path = std::path::Path::new("random.onnx");
         let _ = file::decode_model(path, &bytes);
-        let _ = file::stored_config_of_bytes(path, &bytes);
+        let _ = file::stored_header_of_bytes(path, &bytes);
         let _ = TractRuntime::from_bytes(&bytes);
     }
 }
@@ -83,7 +83,7 @@ proptest! {
         bytes.truncate(bytes.len().min(cut.max(1)));
         let path = std::path::Path::new("damaged.onnx");
         let _ = file::decode_model(path, &bytes);
-        let _ = file::stored_config_of_bytes(path, &bytes);
+        let _ = file::stored_header_of_bytes(path, &bytes);
         if let Ok(model) = file::decode_model(path, &bytes) {
             let _ = file::stored_config(&model);
             let _ = file::float_initializers(&model);

@@ -415,29 +415,58 @@ pub fn float_initializers(model: &ModelProto) -> Result<TensorMap> {
     Ok(map)
 }
 
-/// The parts of a model file that say what it is, decoded without copying its weights.
+/// The parts of a model file that say what it is, decoded without copying its weights:
+/// prost skips the fields not declared here (the tensors' values among them).
 #[derive(Clone, PartialEq, prost::Message)]
 struct ModelHeader {
     #[prost(message, repeated, tag = "8")]
     opset_import: Vec<crate::onnx::OperatorSetIdProto>,
     #[prost(message, repeated, tag = "14")]
     metadata_props: Vec<crate::onnx::StringStringEntryProto>,
+    #[prost(message, optional, tag = "7")]
+    graph: Option<GraphHeader>,
 }
 
-/// The config recorded in a model file's metadata, read without decoding its graph.
-/// `Ok(None)`: a valid ONNX file that gptc did not write.
-pub fn stored_config_of_bytes(path: &Path, bytes: &[u8]) -> Result<Option<GptConfig>> {
+#[derive(Clone, PartialEq, prost::Message)]
+struct GraphHeader {
+    #[prost(message, repeated, tag = "5")]
+    initializer: Vec<TensorLocation>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct TensorLocation {
+    #[prost(enumeration = "DataLocation", tag = "14")]
+    data_location: i32,
+}
+
+/// What a model file says of itself, read without decoding its weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredHeader {
+    /// The config gptc recorded in the metadata; `None` for a file gptc did not write.
+    pub config: Option<GptConfig>,
+    /// Whether some tensor's values are in external data (so runtimes must load the file by
+    /// path, to find them beside it).
+    pub external_data: bool,
+}
+
+pub fn stored_header_of_bytes(path: &Path, bytes: &[u8]) -> Result<StoredHeader> {
     let not_onnx = |reason: String| Error::NotOnnx { path: path.into(), reason };
     let header = ModelHeader::decode(bytes).map_err(|e| not_onnx(e.to_string()))?;
     if header.opset_import.is_empty() {
         return Err(not_onnx("no opset".into()));
     }
-    header
+    let config = header
         .metadata_props
         .iter()
         .find(|p| p.key == "gptc.config")
         .map(|p| GptConfig::from_json(&p.value))
-        .transpose()
+        .transpose()?;
+    let external_data = header
+        .graph
+        .iter()
+        .flat_map(|g| &g.initializer)
+        .any(|t| t.data_location == DataLocation::External as i32);
+    Ok(StoredHeader { config, external_data })
 }
 
 #[cfg(test)]
@@ -494,6 +523,13 @@ mod tests {
             float_initializers(&stub).is_err(),
             "values of external tensors are not in the stub"
         );
+
+        let header_of = |p: &Path| stored_header_of_bytes(p, &std::fs::read(p).unwrap()).unwrap();
+        assert!(header_of(&path).external_data);
+        let inline = dir.path().join("inline.onnx");
+        write_model(&inline, &model, WeightLayout::Auto).unwrap();
+        assert!(!header_of(&inline).external_data);
+        assert_eq!(header_of(&inline).config, header_of(&path).config);
 
         let loaded = read_model_with_data(&path).unwrap();
         assert_eq!(float_initializers(&loaded).unwrap(), float_initializers(&model).unwrap());
