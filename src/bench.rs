@@ -1,13 +1,21 @@
 //! Measurements for BENCHMARKS.md: numbers printed, never asserted.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use gptc_graph::file::{self, WeightLayout};
+use gptc_graph::{GptConfig, GraphOptions, ParameterCount, Precision, RandomInit};
 use ndarray::ArrayView1;
 
 use crate::generate::{generate, Next};
-use crate::reference::argmax;
+use crate::inspect::thousands;
+use crate::memory;
+use crate::runtime::load::StagingDir;
+use crate::runtime::ort::{Device, OrtRuntime};
+use crate::runtime::tract::TractRuntime;
 use crate::runtime::Runtime;
-use crate::Result;
+use crate::sampling::argmax;
+use crate::{Error, Result};
 
 /// Read bandwidth of main memory in bytes/s: the best of several passes summing a buffer far
 /// larger than the caches, on as many threads as tract uses. Decoding one token must read every
@@ -114,5 +122,185 @@ impl std::fmt::Display for RuntimeFigures {
             self.decode_tokens_per_s,
             1e3 / self.decode_tokens_per_s
         )
+    }
+}
+
+/// What `gptc bench` measures.
+#[derive(Clone, Debug)]
+pub struct BenchPlan {
+    pub config: GptConfig,
+    pub precision: Precision,
+    /// Prompt lengths whose prefill is timed (those over the context are refused).
+    pub prefill: Vec<usize>,
+    /// Tokens decoded with the KV cache.
+    pub new_tokens: usize,
+    /// Tokens decoded without a cache by tract (0 skips that run).
+    pub plain_tokens: usize,
+    /// Keep the exported file in this folder; by default it goes to the temp folder and is
+    /// removed.
+    pub keep_in: Option<PathBuf>,
+    pub tract: bool,
+    /// Also time ONNX Runtime on the same file, on this device.
+    pub ort: Option<Device>,
+}
+
+/// Everything `gptc bench` printed, as figures.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub n_layers: usize,
+    pub emb_dim: usize,
+    pub parameters: usize,
+    pub export_s: f64,
+    pub export_peak_rss_gb: f64,
+    pub file_mb: f64,
+    /// Where the file was kept, if it was.
+    pub file: Option<PathBuf>,
+    pub peak_rss_gb: f64,
+    pub runtimes: Vec<RuntimeFigures>,
+    pub plain_decode_tokens_per_s: Option<f64>,
+    pub bandwidth_gb_s: f64,
+    pub weights_read_per_token_mb: f64,
+    pub bandwidth_bound_tokens_per_s: f64,
+}
+
+/// Exports the plan's model with the KV cache and last-token logits, times each runtime on that
+/// one file, then measures the machine's read bandwidth and the bound it puts on decoding.
+pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
+    let config = &plan.config;
+    let count = ParameterCount::of(config);
+    let ctx = config.context_length;
+    let gb = |bytes: f64| bytes / 1e9;
+    let peak = || gb(memory::peak_rss_bytes().unwrap_or(0) as f64);
+    if let Some(&n) = plan.prefill.iter().find(|&&n| n > ctx) {
+        return Err(Error::Usage(format!(
+            "a prefill of {n} tokens is longer than the model's context ({ctx})"
+        )));
+    }
+    memory::check_weights_fit(count.total() as u64 * plan.precision.bytes() as u64)?;
+
+    let start = Instant::now();
+    let options = GraphOptions {
+        kv_cache: true,
+        last_token_logits: true,
+        tie_weights: false,
+        precision: plan.precision,
+    };
+    let model = gptc_graph::build_model(config, options, &mut RandomInit { seed: 123 }, Some(123))?;
+    let staging = match &plan.keep_in {
+        Some(_) => None,
+        None => Some(StagingDir::new()?),
+    };
+    let dir = plan.keep_in.as_deref().or(staging.as_ref().map(|s| s.0.as_path()));
+    let path =
+        dir.unwrap_or(Path::new(".")).join(format!("gptc-bench-{}.onnx", std::process::id()));
+    let data = file::write_model(&path, &model, WeightLayout::Auto)?;
+    drop(model);
+    let export_s = start.elapsed().as_secs_f64();
+    let export_peak_rss_gb = peak();
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(|source| Error::File { path: p.into(), error: source })
+    };
+    let data_bytes = data.as_deref().map_or(Ok(0), size)?;
+    let file_mb = (size(&path)? + data_bytes) as f64 / 1e6;
+
+    let mut runtimes = Vec::new();
+    if plan.tract {
+        let start = Instant::now();
+        let mut tract = TractRuntime::from_path(&path)?;
+        let load_s = start.elapsed().as_secs_f64();
+        runtimes.push(measure(&mut tract, load_s, &plan.prefill, plan.new_tokens, ctx)?);
+    }
+    let peak_rss_gb = peak();
+    if let Some(device) = plan.ort {
+        let start = Instant::now();
+        let mut ort = OrtRuntime::from_path(&path, device)?;
+        let load_s = start.elapsed().as_secs_f64();
+        runtimes.push(measure(&mut ort, load_s, &plan.prefill, plan.new_tokens, ctx)?);
+    }
+    drop(staging);
+
+    let mut plain_decode_tokens_per_s = None;
+    if plan.plain_tokens > 0 && plan.tract {
+        let options = GraphOptions { kv_cache: false, ..options };
+        let model =
+            gptc_graph::build_model(config, options, &mut RandomInit { seed: 123 }, Some(123))?;
+        let mut plain = TractRuntime::from_bytes(&file::encode(&model))?;
+        drop(model);
+        let prompt: Vec<i64> = (0..16).collect();
+        plain_decode_tokens_per_s =
+            Some(decode_tokens_per_second(&mut plain, &prompt, plan.plain_tokens, ctx)?);
+    }
+
+    let bandwidth = read_bandwidth(1 << 30, 5);
+    // A decode step reads every matrix once; of the embeddings only one row each, unless the
+    // head is the token embedding itself.
+    let read_per_token = ((count.total() - count.token_embedding - count.position_embedding)
+        * plan.precision.bytes()) as f64;
+    Ok(BenchReport {
+        n_layers: config.n_layers,
+        emb_dim: config.emb_dim,
+        parameters: count.total(),
+        export_s,
+        export_peak_rss_gb,
+        file_mb,
+        file: plan.keep_in.as_ref().map(|_| path.clone()),
+        peak_rss_gb,
+        runtimes,
+        plain_decode_tokens_per_s,
+        bandwidth_gb_s: gb(bandwidth),
+        weights_read_per_token_mb: read_per_token / 1e6,
+        bandwidth_bound_tokens_per_s: bandwidth / read_per_token,
+    })
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "model       {} layers, emb {}, {} parameters",
+            self.n_layers,
+            self.emb_dim,
+            thousands(self.parameters)
+        )?;
+        writeln!(
+            f,
+            "export      {:.2} s, peak RSS {:.2} GB, file {:.1} MB (KV cache, last-token logits)",
+            self.export_s, self.export_peak_rss_gb, self.file_mb
+        )?;
+        if let Some(file) = &self.file {
+            writeln!(f, "file        {}", file.display())?;
+        }
+        let tract = self.runtimes.iter().find(|r| r.runtime == "tract");
+        if let Some(tract) = tract {
+            writeln!(f, "{tract}")?;
+        }
+        writeln!(f, "peak RSS    {:.2} GB (export, then tract)", self.peak_rss_gb)?;
+        for ort in self.runtimes.iter().filter(|r| r.runtime != "tract") {
+            writeln!(f, "{ort}")?;
+        }
+        if let (Some(rate), Some(tract)) = (self.plain_decode_tokens_per_s, tract) {
+            writeln!(
+                f,
+                "tract       decode after 16 tokens, no cache: {rate:.1} tokens/s ({:.2}x slower than with the cache)",
+                tract.decode_tokens_per_s / rate
+            )?;
+        }
+        writeln!(
+            f,
+            "bandwidth   {:.1} GB/s read; {:.0} MB of weights per token bound decode at {:.1} tokens/s",
+            self.bandwidth_gb_s, self.weights_read_per_token_mb, self.bandwidth_bound_tokens_per_s
+        )?;
+        // The bound is the CPU's: it says nothing of a runtime on a GPU.
+        for r in self.runtimes.iter().filter(|r| !r.runtime.ends_with("cuda")) {
+            writeln!(
+                f,
+                "{:<10}  decode at {:.2}x the bandwidth bound",
+                r.runtime,
+                r.decode_tokens_per_s / self.bandwidth_bound_tokens_per_s
+            )?;
+        }
+        Ok(())
     }
 }

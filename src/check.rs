@@ -1,29 +1,55 @@
 //! `gptc check`: does a file hold the graph gptc promises for its config? For users' CI.
 
+use gptc_graph::names::{self, InputRole};
 use gptc_graph::onnx::{DataType, Dim, ModelProto, ValueInfoProto};
-use gptc_graph::{io_signature, GptConfig, GraphOptions, Precision, TensorSignature};
+use gptc_graph::{file, io_signature, GptConfig, GraphOptions, Precision, TensorSignature};
 
 use std::path::Path;
 
-use crate::runtime::tract::{canonical_dim, inferred_io_at, InferredTensor};
+use crate::runtime::tract::inferred_io_at;
 use crate::{Error, Result};
 
-/// The variant a file declares: a KV cache when it has past inputs, last-token logits when
-/// its logits have one position.
-pub fn declared_options(model: &ModelProto) -> GraphOptions {
+/// A graph input or output as tract's analysis sees it: ONNX dtype name and dims
+/// (numbers, or the symbols of named dims).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InferredTensor {
+    pub name: String,
+    pub dtype: String,
+    pub dims: Vec<String>,
+}
+
+/// A dim written as a sum of terms, in a canonical order: `"b + a"` and `"a+b"` agree.
+pub fn canonical_dim(dim: &str) -> String {
+    let mut terms: Vec<&str> = dim.split('+').map(str::trim).collect();
+    terms.sort_unstable();
+    terms.join("+")
+}
+
+/// The variant a file was built as: what its metadata records, or for a file without gptc's
+/// metadata, what it declares (a KV cache when it has past inputs, last-token logits when its
+/// logits have one position).
+pub fn model_options(model: &ModelProto) -> Result<GraphOptions> {
+    if let Some(stored) = file::stored_options(model) {
+        return Ok(stored?);
+    }
+    Ok(declared_options(model))
+}
+
+fn declared_options(model: &ModelProto) -> GraphOptions {
     let Some(graph) = &model.graph else { return GraphOptions::default() };
-    let kv_cache = graph.input.iter().any(|i| i.name.starts_with("past_key_values."));
+    let kv_cache =
+        graph.input.iter().any(|i| matches!(InputRole::of(&i.name), Some(InputRole::Past(..))));
     let last_token_logits = graph
         .output
         .iter()
-        .find(|o| o.name == "logits")
+        .find(|o| o.name == names::LOGITS)
         .and_then(ValueInfoProto::tensor_signature)
         .is_some_and(|(_, dims)| dims.get(1) == Some(&Some(Dim::Fixed(1))));
-    let tie_weights = !graph.initializer.iter().any(|t| t.name == "lm_head.weight");
+    let tie_weights = !graph.initializer.iter().any(|t| t.name == names::OUTPUT_HEAD);
     let precision = graph
         .initializer
         .iter()
-        .find(|t| t.name == "wte.weight")
+        .find(|t| t.name == names::TOKEN_EMBEDDING)
         .and_then(|t| DataType::try_from(t.data_type).ok())
         .and_then(Precision::of_data_type)
         .unwrap_or_default();
@@ -41,12 +67,12 @@ fn from_signature(t: &TensorSignature) -> InferredTensor {
 fn from_declared(v: &ValueInfoProto) -> Result<InferredTensor> {
     let (dtype, dims) = v
         .tensor_signature()
-        .ok_or_else(|| Error::Input(format!("`{}` is not declared as a tensor", v.name)))?;
+        .ok_or_else(|| Error::Model(format!("`{}` is not declared as a tensor", v.name)))?;
     let dims = dims
         .into_iter()
         .map(|d| {
             d.map(|d| canonical_dim(&d.to_string())).ok_or_else(|| {
-                Error::Input(format!("`{}` has a dim that is neither named nor fixed", v.name))
+                Error::Model(format!("`{}` has a dim that is neither named nor fixed", v.name))
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -67,7 +93,7 @@ fn compare(
 ) -> Result<()> {
     for (l, r) in left.iter().zip(right) {
         if l != r {
-            return Err(Error::Input(format!(
+            return Err(Error::Model(format!(
                 "{what}: {left_name} {} but {right_name} {}",
                 show(l),
                 show(r)
@@ -75,7 +101,7 @@ fn compare(
         }
     }
     if left.len() != right.len() {
-        return Err(Error::Input(format!(
+        return Err(Error::Model(format!(
             "{what}: {left_name} {} but {right_name} {}",
             left.len(),
             right.len()
@@ -87,8 +113,8 @@ fn compare(
 /// Checks the file's declared inputs and outputs against the contract for `config` and
 /// against what tract's shape analysis infers from the inputs alone. Returns the variant.
 pub fn check_model(path: &Path, model: &ModelProto, config: &GptConfig) -> Result<GraphOptions> {
-    let graph = model.graph.as_ref().ok_or_else(|| Error::Input("the file has no graph".into()))?;
-    let options = declared_options(model);
+    let graph = model.graph.as_ref().ok_or_else(|| Error::Model("the file has no graph".into()))?;
+    let options = model_options(model)?;
     let (expected_inputs, expected_outputs) = io_signature(config, options);
     let declared_inputs = graph.input.iter().map(from_declared).collect::<Result<Vec<_>>>()?;
     let declared_outputs = graph.output.iter().map(from_declared).collect::<Result<Vec<_>>>()?;
@@ -104,10 +130,9 @@ pub fn check_model(path: &Path, model: &ModelProto, config: &GptConfig) -> Resul
     )?;
 
     let stored = crate::inspect::weight_values(model);
-    let count = gptc_graph::ParameterCount::of(config);
-    let wanted = if options.tie_weights { count.total_tied() } else { count.total() };
+    let wanted = crate::model::stored_parameters(config, options);
     if stored != wanted {
-        return Err(Error::Input(format!(
+        return Err(Error::Model(format!(
             "weights: the file stores {stored} values, the config has {wanted} parameters"
         )));
     }
@@ -116,7 +141,7 @@ pub fn check_model(path: &Path, model: &ModelProto, config: &GptConfig) -> Resul
     compare("inputs", "declared", &declared_inputs, "tract infers", &inferred_inputs)?;
     compare("outputs", "declared", &declared_outputs, "tract infers", &inferred_outputs)?;
     if let Some(info) = graph.value_info.first() {
-        return Err(Error::Input(format!(
+        return Err(Error::Model(format!(
             "value info `{}`: gptc checks graph inputs and outputs only, and writes no value infos",
             info.name
         )));

@@ -19,6 +19,20 @@ pub fn thousands(n: usize) -> String {
     out
 }
 
+/// The config in one line.
+pub fn config_line(config: &GptConfig) -> String {
+    format!(
+        "config: vocab {} context {} emb {} heads {} layers {} drop {} qkv_bias {}\n",
+        config.vocab_size,
+        config.context_length,
+        config.emb_dim,
+        config.n_heads,
+        config.n_layers,
+        config.drop_rate,
+        config.qkv_bias
+    )
+}
+
 pub fn parameter_table(config: &GptConfig) -> String {
     let c = ParameterCount::of(config);
     let mut rows: Vec<(String, String)> = vec![

@@ -4,7 +4,7 @@
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, Axis};
 
 use gptc_graph::config::LAYER_NORM_EPS;
-use gptc_graph::{GptConfig, TensorMap};
+use gptc_graph::{names, GptConfig, TensorMap};
 
 use crate::{Error, Result};
 
@@ -21,7 +21,7 @@ impl<'w> Reference<'w> {
     fn matrix(&self, name: &str) -> Result<ArrayView2<'w, f32>> {
         let t = self.weights.get(name)?;
         let [rows, cols] = t.shape[..] else {
-            return Err(Error::Input(format!("{name}: expected a matrix, got {:?}", t.shape)));
+            return Err(Error::Usage(format!("{name}: expected a matrix, got {:?}", t.shape)));
         };
         Ok(ArrayView2::from_shape((rows, cols), &t.data).expect("shape matches data"))
     }
@@ -43,9 +43,9 @@ impl<'w> Reference<'w> {
 
     /// `lm_head.weight`, or the token embedding when the weights are tied (GPT-2's layout).
     fn output_head(&self) -> Result<ArrayView2<'w, f32>> {
-        match self.weights.0.contains_key("lm_head.weight") {
-            true => self.matrix("lm_head.weight"),
-            false => self.matrix("wte.weight"),
+        match self.weights.0.contains_key(names::OUTPUT_HEAD) {
+            true => self.matrix(names::OUTPUT_HEAD),
+            false => self.matrix(names::TOKEN_EMBEDDING),
         }
     }
 
@@ -53,14 +53,14 @@ impl<'w> Reference<'w> {
     fn hidden_states(&self, ids: &[i64]) -> Result<Array2<f32>> {
         let cfg = &self.config;
         if ids.len() > cfg.context_length {
-            return Err(Error::Input("sequence longer than the context".into()));
+            return Err(Error::Usage("sequence longer than the context".into()));
         }
-        let wte = self.matrix("wte.weight")?;
-        let wpe = self.matrix("wpe.weight")?;
+        let wte = self.matrix(names::TOKEN_EMBEDDING)?;
+        let wpe = self.matrix(names::POSITION_EMBEDDING)?;
         let mut x = Array2::<f32>::zeros((ids.len(), cfg.emb_dim));
         for (t, &id) in ids.iter().enumerate() {
             if id < 0 || id as usize >= cfg.vocab_size {
-                return Err(Error::Input(format!("token id {id} outside the vocabulary")));
+                return Err(Error::Usage(format!("token id {id} outside the vocabulary")));
             }
             x.row_mut(t).assign(&(&wte.row(id as usize) + &wpe.row(t)));
         }
@@ -134,21 +134,9 @@ fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
 }
 
-/// Index of the largest value; the first one on ties, as torch.argmax.
-pub fn argmax(v: ArrayView1<f32>) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array1;
 
     #[test]
     fn gelu_matches_known_values() {
@@ -163,10 +151,5 @@ mod tests {
         softmax_rows(&mut x);
         assert!((x[[0, 0]] + x[[0, 1]] - 1.0).abs() < 1e-6 && x[[0, 2]] == 0.0);
         assert!((x[[1, 2]] - 1.0 / 3.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn argmax_takes_the_first_maximum() {
-        assert_eq!(argmax(Array1::from(vec![1.0, 3.0, 3.0, 2.0]).view()), 1);
     }
 }

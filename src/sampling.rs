@@ -4,7 +4,6 @@
 use gptc_graph::rng::Xoshiro256;
 use ndarray::ArrayView1;
 
-use crate::reference::argmax;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -27,17 +26,23 @@ impl Default for SamplingConfig {
 impl SamplingConfig {
     pub fn validate(&self) -> Result<()> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(Error::Input(format!(
-                "--temperature must be a finite number >= 0 (0 is greedy), got {}",
-                self.temperature
-            )));
+            return Err(Error::Setting {
+                setting: "temperature",
+                problem: format!(
+                    "must be a finite number >= 0 (0 is greedy), got {}",
+                    self.temperature
+                ),
+            });
         }
         if self.top_k == Some(0) {
-            return Err(Error::Input("--top-k must be at least 1".into()));
+            return Err(Error::Setting { setting: "top-k", problem: "must be at least 1".into() });
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(Error::Input(format!("--top-p must be in (0, 1], got {p}")));
+                return Err(Error::Setting {
+                    setting: "top-p",
+                    problem: format!("must be in (0, 1], got {p}"),
+                });
             }
         }
         Ok(())
@@ -46,6 +51,17 @@ impl SamplingConfig {
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
     }
+}
+
+/// Index of the largest value; the first one on ties, as torch.argmax.
+pub fn argmax(v: ArrayView1<f32>) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 pub struct Sampler {
@@ -155,6 +171,11 @@ mod tests {
             assert!((p(t) - expected(t)).abs() < 1e-6, "t = {t}");
         }
         assert!(p(0.5) > p(1.0) && p(1.0) > p(2.0));
+    }
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        assert_eq!(argmax(arr1(&[1.0, 3.0, 3.0, 2.0]).view()), 1);
     }
 
     #[test]

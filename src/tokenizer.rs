@@ -7,6 +7,9 @@ use crate::{Error, Result};
 /// The vocabulary size of GPT-2's BPE, `<|endoftext|>` (50256) included.
 pub const GPT2_VOCAB_SIZE: usize = 50257;
 
+/// GPT-2's `<|endoftext|>`: the last id of its vocabulary, its BOS and EOS alike.
+pub const END_OF_TEXT: i64 = 50256;
+
 pub struct Tokenizer {
     bpe: &'static CoreBPE,
 }
@@ -32,11 +35,11 @@ impl Tokenizer {
             .iter()
             .map(|&id| {
                 u32::try_from(id).ok().filter(|&r| (r as usize) < GPT2_VOCAB_SIZE).ok_or_else(
-                    || Error::Input(format!("token id {id} is not in GPT-2's vocabulary")),
+                    || Error::Usage(format!("token id {id} is not in GPT-2's vocabulary")),
                 )
             })
             .collect::<Result<Vec<u32>>>()?;
-        self.bpe.decode_bytes(&ranks).map_err(|e| Error::Input(format!("decoding: {e}")))
+        self.bpe.decode_bytes(&ranks).map_err(|e| Error::Usage(format!("decoding: {e}")))
     }
 
     /// Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD.
@@ -45,20 +48,16 @@ impl Tokenizer {
     }
 }
 
-/// `"15496, 11,314"` -> ids, each checked against the model's vocabulary.
-pub fn parse_ids(text: &str, vocab_size: usize) -> Result<Vec<i64>> {
+/// `"15496, 11,314"` -> ids (checked against a model's vocabulary when a session encodes them).
+pub fn parse_ids(text: &str) -> Result<Vec<i64>> {
     text.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(|t| {
-            let id: i64 =
-                t.parse().map_err(|_| Error::Input(format!("--ids: `{t}` is not a token id")))?;
-            if id < 0 || id as usize >= vocab_size {
-                return Err(Error::Input(format!(
-                    "--ids: token id {id} is outside the model's vocabulary of {vocab_size}"
-                )));
-            }
-            Ok(id)
+            t.parse::<i64>().ok().filter(|&id| id >= 0).ok_or_else(|| Error::Setting {
+                setting: "ids",
+                problem: format!("`{t}` is not a token id"),
+            })
         })
         .collect()
 }
@@ -76,10 +75,10 @@ mod tests {
 
     #[test]
     fn ids_parse_and_are_checked() {
-        assert_eq!(parse_ids("15496, 11,314", 50257).unwrap(), [15496, 11, 314]);
-        assert!(parse_ids("1,x", 50257).unwrap_err().to_string().contains("`x`"));
-        assert!(parse_ids("1,50257", 50257).unwrap_err().to_string().contains("50257"));
-        assert!(parse_ids("-1", 50257).is_err());
+        assert_eq!(parse_ids("15496, 11,314").unwrap(), [15496, 11, 314]);
+        assert!(parse_ids("1,x").unwrap_err().to_string().contains("`x`"));
+        assert!(parse_ids("-1").is_err());
+        assert_eq!(parse_ids("").unwrap(), Vec::<i64>::new());
     }
 
     #[test]

@@ -114,5 +114,5 @@ fn float16_export_declares_half_io_and_passes_check() {
         1,
     );
     let model = gptc_graph::file::decode_model(std::path::Path::new("m"), &bytes16).unwrap();
-    assert_eq!(gptc::check::declared_options(&model).precision, Precision::F16);
+    assert_eq!(gptc::check::model_options(&model).unwrap().precision, Precision::F16);
 }

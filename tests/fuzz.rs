@@ -51,9 +51,9 @@ proptest! {
     }
 
     #[test]
-    fn ids_parser_never_panics(text in "[0-9, x-]{0,40}", vocab in 1usize..60000) {
-        if let Ok(ids) = gptc::tokenizer::parse_ids(&text, vocab) {
-            prop_assert!(ids.iter().all(|&id| id >= 0 && (id as usize) < vocab));
+    fn ids_parser_never_panics(text in "[0-9, x-]{0,40}") {
+        if let Ok(ids) = gptc::tokenizer::parse_ids(&text) {
+            prop_assert!(ids.iter().all(|&id| id >= 0));
         }
     }
 

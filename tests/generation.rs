@@ -211,7 +211,7 @@ fn assert_one_line_error(out: &std::process::Output, expect: &str) {
 fn bad_generation_input_gets_one_clear_line() {
     assert_one_line_error(
         &run(&["generate", "--ids", "1,2,99999"]),
-        "99999 is outside the model's vocabulary",
+        "token 99999, outside the model's vocabulary",
     );
     assert_one_line_error(&run(&["generate", "--ids", "1,two"]), "`two` is not a token id");
     assert_one_line_error(&run(&["generate", "hi", "--temperature", "-1"]), "--temperature");

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{compile, compile_with, tiny_config, ALL_VARIANTS};
-use gptc::runtime::tract::{canonical_dim, inferred_io, InferredTensor};
+use gptc::check::{canonical_dim, InferredTensor};
+use gptc::runtime::tract::inferred_io;
 use gptc_graph::onnx::{Dim, ModelProto, ValueInfoProto};
 use gptc_graph::{GptConfig, GraphOptions};
 use prost::Message;

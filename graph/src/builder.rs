@@ -45,9 +45,44 @@ enum ConstData {
     F16(Vec<u16>),
 }
 
+/// Float32, or float16 for GPU runtimes: in float16, LayerNorm and softmax still compute in
+/// float32 (a variance or a sum of exponentials overflows half precision long before the values
+/// themselves do), and the logits are widened back to float32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    pub fn data_type(self) -> DataType {
+        match self {
+            Precision::F32 => DataType::Float,
+            Precision::F16 => DataType::Float16,
+        }
+    }
+
+    pub fn of_data_type(dtype: DataType) -> Option<Precision> {
+        match dtype {
+            DataType::Float => Some(Precision::F32),
+            DataType::Float16 => Some(Precision::F16),
+            _ => None,
+        }
+    }
+
+    /// Bytes per weight.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+}
+
 pub struct GraphBuilder<'w> {
     weights: &'w mut dyn WeightSource,
-    float: DataType,
+    float: Precision,
     value_names: Vec<String>,
     taken: HashSet<String>,
     nodes: Vec<NodeProto>,
@@ -60,8 +95,8 @@ pub struct GraphBuilder<'w> {
 
 impl<'w> GraphBuilder<'w> {
     /// A builder whose parameters take their values from `weights` and whose weights and
-    /// activations are of type `float` (float32 or float16).
-    pub fn new(weights: &'w mut dyn WeightSource, float: DataType) -> GraphBuilder<'w> {
+    /// activations are of type `float`.
+    pub fn new(weights: &'w mut dyn WeightSource, float: Precision) -> GraphBuilder<'w> {
         GraphBuilder {
             weights,
             float,
@@ -186,7 +221,7 @@ impl<'w> Scope<'_, 'w> {
 
     /// The element type of the graph's weights and activations.
     pub fn float_type(&self) -> DataType {
-        self.graph.float
+        self.graph.float.data_type()
     }
 
     /// A trained or initialized tensor named under this scope, from the builder's weights, in
@@ -198,7 +233,7 @@ impl<'w> Scope<'_, 'w> {
 
     /// A parameter kept in float32 whatever the graph's type (for ops computed in float32).
     pub fn param_f32(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Value> {
-        self.param_of_type(name, shape, init, DataType::Float)
+        self.param_of_type(name, shape, init, Precision::F32)
     }
 
     fn param_of_type(
@@ -206,7 +241,7 @@ impl<'w> Scope<'_, 'w> {
         name: &str,
         shape: &[usize],
         init: Init,
-        dtype: DataType,
+        precision: Precision,
     ) -> Result<Value> {
         let full = self.qualify(name);
         if let Some(v) = self.graph.params.get(&full) {
@@ -216,17 +251,16 @@ impl<'w> Scope<'_, 'w> {
         let mut tensor = TensorProto {
             name: full.clone(),
             dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: dtype as i32,
+            data_type: precision.data_type() as i32,
             ..Default::default()
         };
-        match dtype {
+        match precision {
             // Moved, not copied: packed `float_data` is the same little-endian bytes as `raw_data`.
-            DataType::Float => tensor.float_data = data,
-            DataType::Float16 => {
+            Precision::F32 => tensor.float_data = data,
+            Precision::F16 => {
                 tensor.raw_data =
                     data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect()
             }
-            other => unreachable!("parameters are float32 or float16, not {other:?}"),
         }
         let value = self.graph.new_value(full.clone());
         self.graph.initializers.push(tensor);
@@ -263,16 +297,16 @@ impl<'w> Scope<'_, 'w> {
     /// A scalar in the graph's float type.
     pub fn scalar(&mut self, value: f32) -> Value {
         match self.graph.float {
-            DataType::Float16 => self
+            Precision::F16 => self
                 .graph
                 .constant(ConstData::F16(vec![half::f16::from_f32(value).to_bits()]), vec![]),
-            _ => self.scalar_f32(value),
+            Precision::F32 => self.scalar_f32(value),
         }
     }
 
     /// `x` (of the graph's float type) in float32: a Cast only where the types differ.
     pub fn to_f32(&mut self, x: Value) -> Value {
-        if self.graph.float == DataType::Float {
+        if self.graph.float == Precision::F32 {
             x
         } else {
             self.cast(x, DataType::Float)
@@ -281,10 +315,10 @@ impl<'w> Scope<'_, 'w> {
 
     /// `x` (float32) in the graph's float type: a Cast only where the types differ.
     pub fn from_f32(&mut self, x: Value) -> Value {
-        if self.graph.float == DataType::Float {
+        if self.graph.float == Precision::F32 {
             x
         } else {
-            let float = self.graph.float;
+            let float = self.graph.float.data_type();
             self.cast(x, float)
         }
     }

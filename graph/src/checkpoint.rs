@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::config::{GptConfig, LAYER_NORM_EPS};
+use crate::names;
 use crate::weights::{Init, NamedTensor, TensorMap, WeightSource};
 use crate::{Error, Result};
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.into(), source }
+    move |source| Error::Io { path: path.into(), error: source }
 }
 
 fn bad(name: &str, reason: impl Into<String>) -> Error {
@@ -106,10 +107,8 @@ pub fn read_safetensors(paths: &[PathBuf], config: &GptConfig) -> Result<TensorM
     let mut map = BTreeMap::new();
     for path in paths {
         let bytes = std::fs::read(path).map_err(io(path))?;
-        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| Error::NotOnnx {
-            path: path.clone(),
-            reason: format!("not a safetensors file: {e}"),
-        })?;
+        let tensors = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::NotSafetensors { path: path.clone(), reason: e.to_string() })?;
         for (key, view) in tensors.tensors() {
             let name = key.strip_prefix("transformer.").unwrap_or(&key).to_string();
             if is_mask_buffer(&name) {
@@ -167,8 +166,9 @@ impl Checkpoint {
     /// Fails on the first tensor that the file holds and the graph did not use. `lm_head` is
     /// allowed to go unused: with tied weights the head is the token embedding.
     pub fn check_all_used(&self) -> Result<()> {
-        match self.tensors.0.keys().find(|k| !self.used.contains(*k) && *k != "lm_head.weight") {
-            Some(unused) => Err(bad(unused, "in the checkpoint but not used by the model")),
+        let unused = |k: &&String| !self.used.contains(*k) && *k != names::OUTPUT_HEAD;
+        match self.tensors.0.keys().find(unused) {
+            Some(unused) => Err(Error::UnusedWeight { name: unused.clone() }),
             None => Ok(()),
         }
     }
@@ -181,12 +181,7 @@ impl Checkpoint {
 impl WeightSource for Checkpoint {
     fn tensor(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Vec<f32>> {
         self.used.insert(name.to_string());
-        self.tensors.tensor(name, shape, init).map_err(|e| match e {
-            Error::Weight { name, reason } if reason == "missing" => {
-                bad(&name, "used by the model but missing from the checkpoint")
-            }
-            other => other,
-        })
+        self.tensors.tensor(name, shape, init)
     }
 }
 

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+use crate::builder::Precision;
 use crate::config::GptConfig;
+use crate::gpt2::GraphOptions;
+use crate::names::meta;
 use crate::onnx::{
     DataLocation, DataType, GraphProto, ModelProto, StringStringEntryProto, TensorProto,
 };
@@ -24,7 +27,7 @@ pub fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
-    let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+    let io_err = |source| Error::Io { path: path.to_path_buf(), error: source };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -321,7 +324,7 @@ pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<(
             )));
         }
         let data = dir.join(relative);
-        let io_err = |source| Error::Io { path: data.clone(), source };
+        let io_err = |source| Error::Io { path: data.clone(), error: source };
         let mut file = std::fs::File::open(&data).map_err(io_err)?;
         let file_len = file.metadata().map_err(io_err)?.len();
         let length = length.unwrap_or(file_len.saturating_sub(offset));
@@ -345,7 +348,8 @@ pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<(
 
 /// The model at `path` as stored: external tensors are references, without their values.
 pub fn read_model(path: &Path) -> Result<ModelProto> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    let bytes =
+        std::fs::read(path).map_err(|source| Error::Io { path: path.into(), error: source })?;
     decode_model(path, &bytes)
 }
 
@@ -367,12 +371,50 @@ pub fn decode_model(path: &Path, bytes: &[u8]) -> Result<ModelProto> {
 }
 
 pub fn metadata<'m>(model: &'m ModelProto, key: &str) -> Option<&'m str> {
-    model.metadata_props.iter().find(|p| p.key == key).map(|p| p.value.as_str())
+    lookup(&model.metadata_props, key)
+}
+
+fn lookup<'m>(props: &'m [StringStringEntryProto], key: &str) -> Option<&'m str> {
+    props.iter().find(|p| p.key == key).map(|p| p.value.as_str())
 }
 
 /// The config a gptc export recorded in its metadata, if this file is one.
 pub fn stored_config(model: &ModelProto) -> Option<Result<GptConfig>> {
-    metadata(model, "gptc.config").map(GptConfig::from_json)
+    config_of(&model.metadata_props)
+}
+
+fn config_of(props: &[StringStringEntryProto]) -> Option<Result<GptConfig>> {
+    lookup(props, meta::CONFIG).map(GptConfig::from_json)
+}
+
+/// The graph options a gptc export recorded in its metadata, if this file is one.
+pub fn stored_options(model: &ModelProto) -> Option<Result<GraphOptions>> {
+    options_of(&model.metadata_props)
+}
+
+fn options_of(props: &[StringStringEntryProto]) -> Option<Result<GraphOptions>> {
+    lookup(props, meta::KV_CACHE)?;
+    let bad = |key: &'static str, value: &str| {
+        Error::Config(format!("metadata `{key}` is `{value}`, which gptc does not write"))
+    };
+    let flag = |key: &'static str| match lookup(props, key) {
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        other => Err(bad(key, other.unwrap_or_default())),
+    };
+    let precision = match lookup(props, meta::DTYPE) {
+        Some(name) if name == Precision::F32.data_type().onnx_name() => Ok(Precision::F32),
+        Some(name) if name == Precision::F16.data_type().onnx_name() => Ok(Precision::F16),
+        other => Err(bad(meta::DTYPE, other.unwrap_or_default())),
+    };
+    Some((|| {
+        Ok(GraphOptions {
+            kv_cache: flag(meta::KV_CACHE)?,
+            last_token_logits: flag(meta::LAST_TOKEN_LOGITS)?,
+            tie_weights: flag(meta::TIE_WEIGHTS)?,
+            precision: precision?,
+        })
+    })())
 }
 
 /// Every float initializer of the model (float32, or float16 widened), by name: the weights
@@ -455,12 +497,7 @@ pub fn stored_header_of_bytes(path: &Path, bytes: &[u8]) -> Result<StoredHeader>
     if header.opset_import.is_empty() {
         return Err(not_onnx("no opset".into()));
     }
-    let config = header
-        .metadata_props
-        .iter()
-        .find(|p| p.key == "gptc.config")
-        .map(|p| GptConfig::from_json(&p.value))
-        .transpose()?;
+    let config = config_of(&header.metadata_props).transpose()?;
     let external_data = header
         .graph
         .iter()
@@ -512,7 +549,7 @@ mod tests {
             .filter(|t| t.data_location == DataLocation::External as i32)
             .collect();
         // wte [50, 8] is 1600 bytes: out; the biases [8] are 32 bytes: in.
-        assert!(external.iter().any(|t| t.name == "wte.weight"));
+        assert!(external.iter().any(|t| t.name == crate::names::TOKEN_EMBEDDING));
         assert!(!external.iter().any(|t| t.name.ends_with(".bias")));
         for t in &external {
             assert!(t.float_data.is_empty() && t.raw_data.is_empty());
@@ -530,6 +567,8 @@ mod tests {
         write_model(&inline, &model, WeightLayout::Auto).unwrap();
         assert!(!header_of(&inline).external_data);
         assert_eq!(header_of(&inline).config, header_of(&path).config);
+        let options = GraphOptions { kv_cache: true, ..Default::default() };
+        assert_eq!(stored_options(&stub).unwrap().unwrap(), options);
 
         let loaded = read_model_with_data(&path).unwrap();
         assert_eq!(float_initializers(&loaded).unwrap(), float_initializers(&model).unwrap());

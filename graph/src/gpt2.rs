@@ -9,8 +9,9 @@
 //! With the KV cache, each block's attention also takes the past keys and values and returns
 //! them with this step's appended (`present`), in the layout of HF optimum's GPT-2 exports.
 
-use crate::builder::{GraphBuilder, Scope, Value};
+use crate::builder::{GraphBuilder, Precision, Scope, Value};
 use crate::config::{GptConfig, LAYER_NORM_EPS};
+use crate::names::{self, meta, KvPart};
 use crate::onnx::{DataType, Dim, ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use crate::weights::{Init, WeightSource};
 use crate::Result;
@@ -42,41 +43,6 @@ pub struct GraphOptions {
     pub precision: Precision,
 }
 
-/// Float32, or float16 for GPU runtimes: in float16, LayerNorm and softmax still compute in
-/// float32 (a variance or a sum of exponentials overflows half precision long before the values
-/// themselves do), and the logits are widened back to float32.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Precision {
-    #[default]
-    F32,
-    F16,
-}
-
-impl Precision {
-    pub fn data_type(self) -> DataType {
-        match self {
-            Precision::F32 => DataType::Float,
-            Precision::F16 => DataType::Float16,
-        }
-    }
-
-    pub fn of_data_type(dtype: DataType) -> Option<Precision> {
-        match dtype {
-            DataType::Float => Some(Precision::F32),
-            DataType::Float16 => Some(Precision::F16),
-            _ => None,
-        }
-    }
-
-    /// Bytes per weight.
-    pub fn bytes(self) -> usize {
-        match self {
-            Precision::F32 => 4,
-            Precision::F16 => 2,
-        }
-    }
-}
-
 /// A graph input or output: name, element type, dims.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSignature {
@@ -97,21 +63,22 @@ pub fn io_signature(
         |length: &str| vec![BATCH.into(), cfg.n_heads.into(), length.into(), cfg.head_dim().into()];
     let float = options.precision.data_type();
     let positions = if options.last_token_logits { Dim::Fixed(1) } else { SEQUENCE.into() };
-    let mut inputs = vec![t("input_ids".into(), DataType::Int64, ids())];
+    let mut inputs = vec![t(names::INPUT_IDS.into(), DataType::Int64, ids())];
     let mut outputs = vec![t(
-        "logits".into(),
+        names::LOGITS.into(),
         DataType::Float,
         vec![BATCH.into(), positions, cfg.vocab_size.into()],
     )];
     if options.kv_cache {
-        inputs.push(t("attention_mask".into(), DataType::Int64, vec![BATCH.into(), TOTAL.into()]));
-        inputs.push(t("position_ids".into(), DataType::Int64, ids()));
+        let mask_dims = vec![BATCH.into(), TOTAL.into()];
+        inputs.push(t(names::ATTENTION_MASK.into(), DataType::Int64, mask_dims));
+        inputs.push(t(names::POSITION_IDS.into(), DataType::Int64, ids()));
         for i in 0..cfg.n_layers {
-            for part in ["key", "value"] {
-                inputs.push(t(format!("past_key_values.{i}.{part}"), float, cache(PAST)));
+            for part in KvPart::BOTH {
+                inputs.push(t(names::past(i, part), float, cache(PAST)));
             }
-            for part in ["key", "value"] {
-                outputs.push(t(format!("present.{i}.{part}"), float, cache(TOTAL)));
+            for part in KvPart::BOTH {
+                outputs.push(t(names::present(i, part), float, cache(TOTAL)));
             }
         }
     }
@@ -146,29 +113,29 @@ pub fn build_model(
 ) -> Result<ModelProto> {
     config.validate()?;
     let float = options.precision.data_type();
-    let mut graph = GraphBuilder::new(weights, float);
+    let mut graph = GraphBuilder::new(weights, options.precision);
     let inputs = declare_inputs(&mut graph, config, options);
     let (logits, present) = gpt2(&mut graph.root(), &inputs, config, options)?;
 
     let positions = if options.last_token_logits { Dim::Fixed(1) } else { SEQUENCE.into() };
     let logits_dims = [BATCH.into(), positions, config.vocab_size.into()];
-    graph.output(logits, "logits", DataType::Float, &logits_dims);
+    graph.output(logits, names::LOGITS, DataType::Float, &logits_dims);
     let cache_dims = [BATCH.into(), config.n_heads.into(), TOTAL.into(), config.head_dim().into()];
     for (i, kv) in present.iter().enumerate() {
-        graph.output(kv.key, &format!("present.{i}.key"), float, &cache_dims);
-        graph.output(kv.value, &format!("present.{i}.value"), float, &cache_dims);
+        graph.output(kv.key, &names::present(i, KvPart::Key), float, &cache_dims);
+        graph.output(kv.value, &names::present(i, KvPart::Value), float, &cache_dims);
     }
 
     let mut metadata = vec![
-        ("gptc.version", env!("CARGO_PKG_VERSION").to_string()),
-        ("gptc.config", config.to_json()),
-        ("gptc.kv_cache", options.kv_cache.to_string()),
-        ("gptc.last_token_logits", options.last_token_logits.to_string()),
-        ("gptc.tie_weights", options.tie_weights.to_string()),
-        ("gptc.dtype", float.onnx_name().to_string()),
+        (meta::VERSION, env!("CARGO_PKG_VERSION").to_string()),
+        (meta::CONFIG, config.to_json()),
+        (meta::KV_CACHE, options.kv_cache.to_string()),
+        (meta::LAST_TOKEN_LOGITS, options.last_token_logits.to_string()),
+        (meta::TIE_WEIGHTS, options.tie_weights.to_string()),
+        (meta::DTYPE, float.onnx_name().to_string()),
     ];
     if let Some(seed) = init_seed {
-        metadata.push(("gptc.init_seed", seed.to_string()));
+        metadata.push((meta::INIT_SEED, seed.to_string()));
     }
     Ok(ModelProto {
         ir_version: IR_VERSION,
@@ -205,8 +172,8 @@ fn gpt2(
     options: GraphOptions,
 ) -> Result<(Value, Vec<KeyValue>)> {
     let (vocab, ctx, e) = (cfg.vocab_size, cfg.context_length, cfg.emb_dim);
-    let wte = s.param("wte.weight", &[vocab, e], Init::Normal { std: INIT_STD })?;
-    let wpe = s.param("wpe.weight", &[ctx, e], Init::Normal { std: INIT_STD })?;
+    let wte = s.param(names::TOKEN_EMBEDDING, &[vocab, e], Init::Normal { std: INIT_STD })?;
+    let wpe = s.param(names::POSITION_EMBEDDING, &[ctx, e], Init::Normal { std: INIT_STD })?;
 
     let (positions, keep) = match &inputs.cache {
         None => {
@@ -242,7 +209,7 @@ fn gpt2(
     let head = if options.tie_weights {
         wte
     } else {
-        s.param("lm_head.weight", &[vocab, e], Init::Normal { std: INIT_STD })?
+        s.param(names::OUTPUT_HEAD, &[vocab, e], Init::Normal { std: INIT_STD })?
     };
     let head_t = s.transpose(head, &[1, 0]);
     let logits = s.matmul(x, head_t);
@@ -256,7 +223,7 @@ fn gpt2(
 /// Shape `[1, 1, T_query, T_key]`, the rank of the scores.
 fn causal_mask(s: &mut Scope, context: usize, query_slots: Value, key_slots: Value) -> Value {
     let table: Vec<bool> = (0..context).flat_map(|i| (0..context).map(move |j| j <= i)).collect();
-    let table = s.const_bool("causal_mask", &[1, 1, context, context], &table);
+    let table = s.const_bool(names::CAUSAL_MASK, &[1, 1, context, context], &table);
     let rows = s.gather_axis(table, query_slots, 2);
     s.gather_axis(rows, key_slots, 3)
 }

@@ -7,12 +7,14 @@ pub mod checkpoint;
 pub mod config;
 pub mod file;
 pub mod gpt2;
+pub mod names;
 pub mod onnx;
 pub mod rng;
 pub mod weights;
 
+pub use builder::Precision;
 pub use config::{GptConfig, ParameterCount};
-pub use gpt2::{build_model, io_signature, GraphOptions, Precision, TensorSignature};
+pub use gpt2::{build_model, io_signature, GraphOptions, TensorSignature};
 pub use weights::{Init, NamedTensor, RandomInit, Recording, TensorMap, WeightSource};
 
 use std::path::PathBuf;
@@ -21,12 +23,26 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("invalid config: {0}")]
     Config(String),
+    #[error("weight `{name}`: used by the model but missing from the checkpoint")]
+    MissingWeight { name: String },
+    #[error("weight `{name}`: shape {found:?}, expected {expected:?}")]
+    WeightShape { name: String, found: Vec<usize>, expected: Vec<usize> },
+    #[error("weight `{name}`: in the checkpoint but not used by the model")]
+    UnusedWeight { name: String },
+    /// A weight that is there but cannot be read as one: its dtype, its data, where it lives.
     #[error("weight `{name}`: {reason}")]
     Weight { name: String, reason: String },
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    /// A file that could not be read or written (the OS error is in the message, not a source,
+    /// so a chained report says it once).
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{}: not a readable ONNX model ({reason})", path.display())]
     NotOnnx { path: PathBuf, reason: String },
+    #[error("{}: not a safetensors file ({reason})", path.display())]
+    NotSafetensors { path: PathBuf, reason: String },
+    /// A model file whose metadata says something gptc cannot read back.
+    #[error("{}: metadata `{key}`: {reason}", path.display())]
+    Metadata { path: PathBuf, key: &'static str, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

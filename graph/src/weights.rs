@@ -98,9 +98,7 @@ pub struct TensorMap(pub BTreeMap<String, NamedTensor>);
 
 impl TensorMap {
     pub fn get(&self, name: &str) -> Result<&NamedTensor> {
-        self.0
-            .get(name)
-            .ok_or_else(|| Error::Weight { name: name.into(), reason: "missing".into() })
+        self.0.get(name).ok_or_else(|| Error::MissingWeight { name: name.into() })
     }
 }
 
@@ -108,9 +106,10 @@ impl WeightSource for TensorMap {
     fn tensor(&mut self, name: &str, shape: &[usize], _init: Init) -> Result<Vec<f32>> {
         let t = self.get(name)?;
         if t.shape != shape {
-            return Err(Error::Weight {
+            return Err(Error::WeightShape {
                 name: name.into(),
-                reason: format!("shape {:?}, expected {:?}", t.shape, shape),
+                found: t.shape.clone(),
+                expected: shape.to_vec(),
             });
         }
         Ok(t.data.clone())

@@ -1,9 +1,15 @@
-//! The runtimes that execute an exported model, behind one small trait: the decoding driver
-//! does not know which one it drives.
+//! The runtimes that execute an exported model, behind one small trait: the decoding driver does
+//! not know which one it drives. What every backend shares (which input gets what, the KV cache
+//! fed back from step to step) is written once here, in [`Engine`]; a [`Backend`] supplies only
+//! what differs: wrapping ids, an empty past, and one run.
 
+pub(crate) mod load;
 pub mod ort;
 pub mod tract;
 
+pub use load::{load, Loaded, ModelSource, RuntimeKind};
+
+use gptc_graph::names::{InputRole, KvPart};
 use ndarray::{Array2, Array3};
 
 use crate::{Error, Result};
@@ -38,77 +44,212 @@ pub trait Runtime {
     fn run(&mut self, step: &Step) -> Result<Array3<f32>>;
 }
 
-/// Which of gptc's inputs a model takes, and where: learnt from its input names, so a model
-/// whose inputs gptc does not know is refused by name before anything runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum InputRole {
-    InputIds,
-    AttentionMask,
-    PositionIds,
-    PastKey(usize),
-    PastValue(usize),
+/// What one backend run returns: the logits, and each layer's `present` keys and values (empty
+/// for a model without a cache).
+pub struct Outputs<V> {
+    pub logits: Array3<f32>,
+    pub present: Vec<[V; 2]>,
 }
 
-impl InputRole {
-    pub fn of(name: &str) -> Result<InputRole> {
-        let layer = |rest: &str, suffix: &str| rest.strip_suffix(suffix)?.parse::<usize>().ok();
-        Ok(match name {
-            "input_ids" => InputRole::InputIds,
-            "attention_mask" => InputRole::AttentionMask,
-            "position_ids" => InputRole::PositionIds,
-            _ => {
-                let rest = name.strip_prefix("past_key_values.").ok_or_else(|| unknown(name))?;
-                if let Some(i) = layer(rest, ".key") {
-                    InputRole::PastKey(i)
-                } else if let Some(i) = layer(rest, ".value") {
-                    InputRole::PastValue(i)
-                } else {
-                    return Err(unknown(name));
-                }
+/// The part of a runtime that differs from one engine to another.
+pub trait Backend {
+    /// A tensor as this engine holds it between runs (the cache stays in it, uncopied).
+    type Value;
+
+    fn name(&self) -> String;
+
+    /// Token ids (or a mask, or positions) as an input.
+    fn ids(&self, ids: &Array2<i64>) -> Result<Self::Value>;
+
+    /// The past of a new sequence: `[batch, heads, 0, head_dim]`.
+    fn empty_past(&self, batch: usize) -> Result<Self::Value>;
+
+    /// One run, `inputs` in the model's input order; `layers` present pairs are expected back.
+    fn run(&mut self, inputs: &[&Self::Value], layers: usize) -> Result<Outputs<Self::Value>>;
+}
+
+/// A model's inputs, as a type: the plain graph takes ids alone; the cache graph takes ids,
+/// mask, positions and each layer's past, in `roles` order, and keeps its cache beside them.
+enum Inputs<V> {
+    Plain,
+    Cached { roles: Vec<InputRole>, layers: usize, past: Vec<[V; 2]> },
+}
+
+/// A backend with the feeding logic and the KV cache every backend shares.
+pub struct Engine<B: Backend> {
+    backend: B,
+    inputs: Inputs<B::Value>,
+}
+
+impl<B: Backend> Engine<B> {
+    /// Wraps `backend`, whose model's inputs have `layout` (see [`InputLayout::of`]).
+    pub fn new(backend: B, layout: InputLayout) -> Engine<B> {
+        let inputs = match layout {
+            InputLayout::Plain => Inputs::Plain,
+            InputLayout::Cached { roles, layers } => {
+                Inputs::Cached { roles, layers, past: Vec::new() }
             }
-        })
+        };
+        Engine { backend, inputs }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
     }
 }
 
-fn unknown(name: &str) -> Error {
-    Error::Input(format!(
-        "the model has an input `{name}` that gptc does not feed (it feeds input_ids, attention_mask, position_ids, past_key_values.N.key/value)"
-    ))
+impl<B: Backend> Runtime for Engine<B> {
+    fn name(&self) -> String {
+        self.backend.name()
+    }
+
+    fn has_cache(&self) -> bool {
+        matches!(self.inputs, Inputs::Cached { .. })
+    }
+
+    fn reset(&mut self) {
+        if let Inputs::Cached { past, .. } = &mut self.inputs {
+            past.clear();
+        }
+    }
+
+    fn run(&mut self, step: &Step) -> Result<Array3<f32>> {
+        let Engine { backend, inputs } = self;
+        let ids = backend.ids(step.input_ids)?;
+        let Inputs::Cached { roles, layers, past } = inputs else {
+            return Ok(backend.run(&[&ids], 0)?.logits);
+        };
+        let needed = |input: Option<&Array2<i64>>, role: InputRole| {
+            let input = input.ok_or_else(|| {
+                Error::Usage(format!("a model with a KV cache needs `{role}` at every step"))
+            })?;
+            backend.ids(input)
+        };
+        let mask = needed(step.attention_mask, InputRole::AttentionMask)?;
+        let positions = needed(step.position_ids, InputRole::PositionIds)?;
+        let empty = match past.is_empty() {
+            true => Some(backend.empty_past(step.input_ids.nrows())?),
+            false => None,
+        };
+        let past_of = |layer: usize, part: KvPart| -> Result<&B::Value> {
+            match past.get(layer) {
+                Some(kv) => Ok(&kv[part as usize]),
+                None => empty
+                    .as_ref()
+                    .ok_or_else(|| Error::Model(format!("the cache holds no layer {layer}"))),
+            }
+        };
+        let fed = roles
+            .iter()
+            .map(|&role| match role {
+                InputRole::InputIds => Ok(&ids),
+                InputRole::AttentionMask => Ok(&mask),
+                InputRole::PositionIds => Ok(&positions),
+                InputRole::Past(layer, part) => past_of(layer, part),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = backend.run(&fed, *layers)?;
+        drop(fed);
+        *past = outputs.present;
+        Ok(outputs.logits)
+    }
 }
 
-/// Checks that a model's inputs form one of the two layouts gptc exports; returns whether it
-/// has a KV cache, and its number of layers.
-pub fn check_input_layout(roles: &[InputRole]) -> Result<(bool, usize)> {
-    let has = |r: InputRole| roles.contains(&r);
-    if !has(InputRole::InputIds) {
-        return Err(Error::Input("the model has no `input_ids` input".into()));
-    }
-    let layers = roles.iter().filter(|r| matches!(r, InputRole::PastKey(_))).count();
-    if roles.len() == 1 {
-        return Ok((false, 0));
-    }
-    let mut missing = Vec::new();
-    for (role, name) in [
-        (InputRole::AttentionMask, "attention_mask".to_string()),
-        (InputRole::PositionIds, "position_ids".to_string()),
-    ] {
-        if !has(role) {
-            missing.push(name);
+/// The two input layouts gptc exports, read from a model's input names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputLayout {
+    /// `input_ids` alone.
+    Plain,
+    /// `input_ids`, `attention_mask`, `position_ids` and `past_key_values.{i}.key/value` for
+    /// `layers` layers, in the model's order.
+    Cached { roles: Vec<InputRole>, layers: usize },
+}
+
+impl InputLayout {
+    /// The layout of a model with these inputs; anything else is refused, naming the input that
+    /// gptc does not feed or the first one it misses.
+    pub fn of(names: &[&str]) -> Result<InputLayout> {
+        let roles = names
+            .iter()
+            .map(|name| {
+                InputRole::of(name).ok_or_else(|| Error::Model(format!(
+                    "the model has an input `{name}` that gptc does not feed (it feeds input_ids, attention_mask, position_ids, past_key_values.N.key/value)"
+                )))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !roles.contains(&InputRole::InputIds) {
+            return Err(Error::Model("the model has no `input_ids` input".into()));
         }
-    }
-    for i in 0..layers.max(1) {
-        if !has(InputRole::PastKey(i)) {
-            missing.push(format!("past_key_values.{i}.key"));
+        if roles.len() == 1 {
+            return Ok(InputLayout::Plain);
         }
-        if !has(InputRole::PastValue(i)) {
-            missing.push(format!("past_key_values.{i}.value"));
+        let layers = roles.iter().filter(|r| matches!(r, InputRole::Past(_, KvPart::Key))).count();
+        let mut wanted = vec![InputRole::AttentionMask, InputRole::PositionIds];
+        for layer in 0..layers.max(1) {
+            wanted.extend(KvPart::BOTH.map(|part| InputRole::Past(layer, part)));
         }
+        let missing: Vec<String> =
+            wanted.iter().filter(|r| !roles.contains(r)).map(|r| r.to_string()).collect();
+        if !missing.is_empty() {
+            return Err(Error::Model(format!(
+                "the model's inputs are neither gptc's plain nor its KV-cache layout: missing {}",
+                missing.join(", ")
+            )));
+        }
+        Ok(InputLayout::Cached { roles, layers })
     }
-    if !missing.is_empty() {
-        return Err(Error::Input(format!(
-            "the model's inputs are neither gptc's plain nor its KV-cache layout: missing {}",
-            missing.join(", ")
-        )));
+}
+
+/// `heads` and `head_dim` of a cache input with dims `[batch, heads, past, head_dim]`, where
+/// `None` (or a negative number) is a dim that is not fixed: both must be.
+pub fn cache_geometry(dims: &[Option<i64>]) -> Result<(usize, usize)> {
+    let name = gptc_graph::names::past(0, KvPart::Key);
+    if dims.len() != 4 {
+        return Err(Error::Model(format!("{name} is not a 4-d tensor")));
     }
-    Ok((true, layers))
+    let fixed = |d: Option<i64>| d.and_then(|d| usize::try_from(d).ok()).filter(|&d| d > 0);
+    match (fixed(dims[1]), fixed(dims[3])) {
+        (Some(heads), Some(head_dim)) => Ok((heads, head_dim)),
+        _ => Err(Error::Model(format!("{name} must have fixed n_heads and head_dim dims"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_are_read_from_input_names() {
+        assert_eq!(InputLayout::of(&["input_ids"]).unwrap(), InputLayout::Plain);
+        let cached = [
+            "input_ids",
+            "attention_mask",
+            "position_ids",
+            "past_key_values.0.key",
+            "past_key_values.0.value",
+            "past_key_values.1.key",
+            "past_key_values.1.value",
+        ];
+        let InputLayout::Cached { layers, roles } = InputLayout::of(&cached).unwrap() else {
+            panic!("a cache layout")
+        };
+        assert_eq!((layers, roles.len()), (2, 7));
+        let err = InputLayout::of(&cached[..6]).unwrap_err().to_string();
+        assert!(err.contains("missing past_key_values.1.value"), "{err}");
+        let err = InputLayout::of(&["input_ids", "tokens"]).unwrap_err().to_string();
+        assert!(err.contains("`tokens`"), "{err}");
+        assert!(InputLayout::of(&["attention_mask"]).is_err());
+    }
+
+    #[test]
+    fn cache_geometry_wants_fixed_heads_and_head_dim() {
+        assert_eq!(cache_geometry(&[None, Some(12), None, Some(64)]).unwrap(), (12, 64));
+        assert!(cache_geometry(&[None, None, None, Some(64)]).is_err());
+        assert!(cache_geometry(&[None, Some(-1), None, Some(64)]).is_err());
+        assert!(cache_geometry(&[Some(12), Some(64)]).is_err());
+    }
 }

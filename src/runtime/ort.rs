@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use gptc_graph::names::{self, KvPart};
 use ndarray::{Array2, Array3};
 use ort::environment::Environment;
 use ort::ep;
@@ -13,10 +14,11 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
 
-use super::{check_input_layout, InputRole, Runtime, Step};
+use super::{cache_geometry, Backend, Engine, InputLayout, Outputs};
 use crate::{Error, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Where ONNX Runtime runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,
     Cuda,
@@ -78,22 +80,20 @@ fn ort_error(context: &str) -> impl Fn(ort::Error) -> Error + '_ {
     move |e| Error::Runtime(format!("ONNX Runtime: {context}: {e}"))
 }
 
-pub struct OrtRuntime {
+/// ONNX Runtime behind gptc's [`Runtime`](super::Runtime).
+pub type OrtRuntime = Engine<OrtBackend>;
+
+pub struct OrtBackend {
     session: Session,
     device: &'static str,
     io_binding: bool,
-    inputs: Vec<(String, InputRole)>,
-    cache: Option<Cache>,
-}
-
-/// Last run's `present` values, fed back as they are (no copy) as the next run's `past`.
-struct Cache {
-    heads: usize,
-    head_dim: usize,
-    /// float32, or float16 for a `--dtype f16` export.
-    element_type: TensorElementType,
-    layers: usize,
-    past: Vec<(DynValue, DynValue)>,
+    /// The model's input names, in its order (the order [`Backend::run`] feeds them).
+    input_names: Vec<String>,
+    /// The empty past's element type (float32, or float16 for a `--dtype f16` export), heads,
+    /// head_dim.
+    past: Option<(TensorElementType, usize, usize)>,
+    /// Why `Device::Auto` ran on the CPU, when it did.
+    fallback: Option<String>,
 }
 
 impl OrtRuntime {
@@ -137,73 +137,58 @@ impl OrtRuntime {
             };
             commit(&mut builder).map_err(ort_error("loading the model"))
         };
-        let (session, device) = match device {
-            Device::Cpu => (session_on(false)?, "cpu"),
-            Device::Cuda => (session_on(true)?, "cuda"),
+        let (session, device, fallback) = match device {
+            Device::Cpu => (session_on(false)?, "cpu", None),
+            Device::Cuda => (session_on(true)?, "cuda", None),
             Device::Auto => match session_on(true) {
-                Ok(session) => (session, "cuda"),
-                Err(e) => {
-                    eprintln!("gptc: CUDA is not available ({e}); running ONNX Runtime on the CPU");
-                    (session_on(false)?, "cpu")
-                }
+                Ok(session) => (session, "cuda", None),
+                Err(e) => (session_on(false)?, "cpu", Some(format!("CUDA is not available ({e})"))),
             },
         };
-        OrtRuntime::new(session, device)
+        OrtRuntime::from_session(session, device, fallback)
     }
 
-    fn new(session: Session, device: &'static str) -> Result<OrtRuntime> {
-        let inputs = session
-            .inputs()
-            .iter()
-            .map(|i| Ok((i.name().to_string(), InputRole::of(i.name())?)))
-            .collect::<Result<Vec<_>>>()?;
-        let roles: Vec<InputRole> = inputs.iter().map(|(_, r)| r.clone()).collect();
-        let (has_cache, layers) = check_input_layout(&roles)?;
-        if !session.outputs().iter().any(|o| o.name() == "logits") {
-            return Err(Error::Input("the model has no `logits` output".into()));
+    fn from_session(
+        session: Session,
+        device: &'static str,
+        fallback: Option<String>,
+    ) -> Result<OrtRuntime> {
+        let input_names: Vec<String> =
+            session.inputs().iter().map(|i| i.name().to_string()).collect();
+        let names: Vec<&str> = input_names.iter().map(String::as_str).collect();
+        let layout = InputLayout::of(&names)?;
+        if !session.outputs().iter().any(|o| o.name() == names::LOGITS) {
+            return Err(Error::Model(format!("the model has no `{}` output", names::LOGITS)));
         }
-        let cache = if has_cache {
-            let past = session.inputs().iter().find(|i| i.name() == "past_key_values.0.key");
-            let (element_type, dims) = match past.map(|p| p.dtype()) {
-                Some(ValueType::Tensor { ty, shape, .. }) => (*ty, shape.to_vec()),
-                _ => (TensorElementType::Float32, Vec::new()),
-            };
-            let (Some(&heads), Some(&head_dim)) = (dims.get(1), dims.get(3)) else {
-                return Err(Error::Input("past_key_values.0.key is not a 4-d tensor".into()));
-            };
-            if heads <= 0 || head_dim <= 0 {
-                return Err(Error::Input(
-                    "past_key_values.0.key must have fixed n_heads and head_dim dims".into(),
-                ));
+        let past = match &layout {
+            InputLayout::Plain => None,
+            InputLayout::Cached { .. } => {
+                let first_key = names::past(0, KvPart::Key);
+                let past = session.inputs().iter().find(|i| i.name() == first_key);
+                let (element_type, dims) = match past.map(|p| p.dtype()) {
+                    Some(ValueType::Tensor { ty, shape, .. }) => {
+                        (*ty, shape.iter().map(|&d| Some(d)).collect())
+                    }
+                    _ => (TensorElementType::Float32, Vec::new()),
+                };
+                let (heads, head_dim) = cache_geometry(&dims)?;
+                Some((element_type, heads, head_dim))
             }
-            Some(Cache {
-                heads: heads as usize,
-                head_dim: head_dim as usize,
-                element_type,
-                layers,
-                past: Vec::new(),
-            })
-        } else {
-            None
         };
-        Ok(OrtRuntime { session, device, io_binding: device == "cuda", inputs, cache })
-    }
-}
-
-impl Cache {
-    /// Layer `i`'s past keys (or values): last run's present, or empty before the first run.
-    fn past_value(&self, i: usize, key: bool, batch: usize) -> Result<SessionInputValue<'_>> {
-        match self.past.get(i) {
-            Some((k, v)) => Ok(if key { k.into() } else { v.into() }),
-            None => Ok(self.empty(batch)?.into()),
-        }
+        let io_binding = device == "cuda";
+        let backend = OrtBackend { session, device, io_binding, input_names, past, fallback };
+        Ok(Engine::new(backend, layout))
     }
 
-    /// The past of a new sequence: no positions yet.
-    fn empty(&self, batch: usize) -> Result<DynTensor> {
-        let shape = vec![batch, self.heads, 0, self.head_dim];
-        DynTensor::new(&Allocator::default(), self.element_type, shape)
-            .map_err(ort_error("empty past"))
+    /// Whether runs go through an `IoBinding` (on by default under CUDA, off on the CPU where
+    /// plain runs measured faster). Either way the cache is fed back without copies.
+    pub fn set_io_binding(&mut self, on: bool) {
+        self.backend_mut().io_binding = on;
+    }
+
+    /// Why a `Device::Auto` runtime runs on the CPU; `None` when it runs where it was asked.
+    pub fn fallback(&self) -> Option<&str> {
+        self.backend().fallback.as_deref()
     }
 }
 
@@ -211,145 +196,98 @@ fn ids_tensor(array: &Array2<i64>) -> Result<Tensor<i64>> {
     Tensor::from_array(array.clone()).map_err(ort_error("input"))
 }
 
-impl Runtime for OrtRuntime {
+impl Backend for OrtBackend {
+    type Value = DynValue;
+
     fn name(&self) -> String {
         format!("ort-{}", self.device)
     }
 
-    fn has_cache(&self) -> bool {
-        self.cache.is_some()
+    fn ids(&self, ids: &Array2<i64>) -> Result<DynValue> {
+        Ok(ids_tensor(ids)?.into_dyn())
     }
 
-    fn reset(&mut self) {
-        if let Some(cache) = &mut self.cache {
-            cache.past.clear();
-        }
+    fn empty_past(&self, batch: usize) -> Result<DynValue> {
+        let (element_type, heads, head_dim) =
+            self.past.ok_or_else(|| Error::Model("the model has no KV cache".into()))?;
+        let shape = vec![batch, heads, 0, head_dim];
+        Ok(DynTensor::new(&Allocator::default(), element_type, shape)
+            .map_err(ort_error("empty past"))?
+            .into_dyn())
     }
 
-    fn run(&mut self, step: &Step) -> Result<Array3<f32>> {
+    fn run(&mut self, inputs: &[&DynValue], layers: usize) -> Result<Outputs<DynValue>> {
         if self.io_binding {
-            self.run_bound(step)
+            self.run_bound(inputs, layers)
         } else {
-            self.run_direct(step)
+            self.run_direct(inputs, layers)
         }
     }
 }
 
-impl OrtRuntime {
-    /// Whether runs go through an `IoBinding` (on by default under CUDA, off on the CPU where
-    /// plain runs measured faster). Either way the cache is fed back without copies.
-    pub fn set_io_binding(&mut self, on: bool) {
-        self.io_binding = on;
-    }
-
+impl OrtBackend {
     /// Runs through an `IoBinding`: the cache outputs are bound to the session's device (GPU
     /// memory under CUDA, so the cache never leaves the GPU between steps) and come back as
     /// values that are bound, as they are, as the next step's past inputs. Logits are bound to
     /// CPU memory: the driver reads them there.
-    fn run_bound(&mut self, step: &Step) -> Result<Array3<f32>> {
-        let batch = step.input_ids.nrows();
-        let needs = |what: Option<&Array2<i64>>, name: &str| {
-            what.ok_or_else(|| Error::Input(format!("a KV-cache model needs {name}")))
-                .and_then(ids_tensor)
-        };
-        let Self { session, inputs: names, cache, device, .. } = self;
+    fn run_bound(&mut self, inputs: &[&DynValue], layers: usize) -> Result<Outputs<DynValue>> {
         let bind = |e: ort::Error| Error::Runtime(format!("ONNX Runtime: binding: {e}"));
-        let mut binding = session.create_binding().map_err(bind)?;
-        for (name, role) in names.iter() {
-            match (role, cache.as_ref()) {
-                (InputRole::InputIds, _) => binding.bind_input(name, &ids_tensor(step.input_ids)?),
-                (InputRole::AttentionMask, _) => {
-                    binding.bind_input(name, &needs(step.attention_mask, "attention_mask")?)
-                }
-                (InputRole::PositionIds, _) => {
-                    binding.bind_input(name, &needs(step.position_ids, "position_ids")?)
-                }
-                (InputRole::PastKey(i), Some(c)) => match c.past.get(*i) {
-                    Some((key, _)) => binding.bind_input(name, key),
-                    None => binding.bind_input(name, &c.empty(batch)?),
-                },
-                (InputRole::PastValue(i), Some(c)) => match c.past.get(*i) {
-                    Some((_, value)) => binding.bind_input(name, value),
-                    None => binding.bind_input(name, &c.empty(batch)?),
-                },
-                (_, None) => unreachable!("cache inputs imply a cache"),
-            }
-            .map_err(bind)?;
+        let mut binding = self.session.create_binding().map_err(bind)?;
+        for (name, value) in self.input_names.iter().zip(inputs) {
+            binding.bind_input(name, *value).map_err(bind)?;
         }
         let cpu =
             MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)
                 .map_err(bind)?;
-        binding.bind_output_to_device("logits", &cpu).map_err(bind)?;
-        if let Some(c) = cache.as_ref() {
-            let on_device = if *device == "cuda" {
-                MemoryInfo::new(
-                    AllocationDevice::CUDA,
-                    0,
-                    AllocatorType::Device,
-                    MemoryType::Default,
-                )
+        binding.bind_output_to_device(names::LOGITS, &cpu).map_err(bind)?;
+        let on_device = if self.device == "cuda" {
+            MemoryInfo::new(AllocationDevice::CUDA, 0, AllocatorType::Device, MemoryType::Default)
                 .map_err(bind)?
-            } else {
-                cpu.clone()
-            };
-            for i in 0..c.layers {
-                for part in ["key", "value"] {
-                    binding
-                        .bind_output_to_device(format!("present.{i}.{part}"), &on_device)
-                        .map_err(bind)?;
-                }
+        } else {
+            cpu.clone()
+        };
+        for i in 0..layers {
+            for part in KvPart::BOTH {
+                binding.bind_output_to_device(names::present(i, part), &on_device).map_err(bind)?;
             }
         }
-        let outputs = session.run_binding(&binding).map_err(ort_error("running"))?;
-        take_outputs(outputs, cache.as_mut())
+        let outputs = self.session.run_binding(&binding).map_err(ort_error("running"))?;
+        take_outputs(outputs, layers)
     }
 
     /// Runs with plain inputs and outputs: the present values come back as ONNX Runtime
     /// allocated them and are passed, as they are, as the next step's past (no copy).
-    fn run_direct(&mut self, step: &Step) -> Result<Array3<f32>> {
-        let batch = step.input_ids.nrows();
-        let needs = |what: Option<&Array2<i64>>, name: &str| {
-            what.ok_or_else(|| Error::Input(format!("a KV-cache model needs {name}")))
-                .and_then(ids_tensor)
-                .map(SessionInputValue::from)
-        };
-        let Self { session, inputs: names, cache, .. } = self;
-        let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(names.len());
-        for (name, role) in names.iter() {
-            let value = match (role, cache.as_ref()) {
-                (InputRole::InputIds, _) => ids_tensor(step.input_ids)?.into(),
-                (InputRole::AttentionMask, _) => needs(step.attention_mask, "attention_mask")?,
-                (InputRole::PositionIds, _) => needs(step.position_ids, "position_ids")?,
-                (InputRole::PastKey(i), Some(c)) => c.past_value(*i, true, batch)?,
-                (InputRole::PastValue(i), Some(c)) => c.past_value(*i, false, batch)?,
-                (_, None) => unreachable!("cache inputs imply a cache"),
-            };
-            inputs.push((Cow::Borrowed(name.as_str()), value));
-        }
-        let outputs = session.run(inputs).map_err(ort_error("running"))?;
-        take_outputs(outputs, cache.as_mut())
+    fn run_direct(&mut self, inputs: &[&DynValue], layers: usize) -> Result<Outputs<DynValue>> {
+        let inputs: Vec<(Cow<str>, SessionInputValue)> = self
+            .input_names
+            .iter()
+            .zip(inputs)
+            .map(|(name, &value)| (Cow::Borrowed(name.as_str()), value.into()))
+            .collect();
+        let outputs = self.session.run(inputs).map_err(ort_error("running"))?;
+        take_outputs(outputs, layers)
     }
 }
 
-/// Copies the logits out and keeps each layer's `present` values, as they are, as the cache.
-fn take_outputs(mut outputs: SessionOutputs, cache: Option<&mut Cache>) -> Result<Array3<f32>> {
+/// Copies the logits out and keeps each layer's `present` values, as they are.
+fn take_outputs(mut outputs: SessionOutputs, layers: usize) -> Result<Outputs<DynValue>> {
     let (shape, data) =
-        outputs["logits"].try_extract_tensor::<f32>().map_err(ort_error("reading logits"))?;
+        outputs[names::LOGITS].try_extract_tensor::<f32>().map_err(ort_error("reading logits"))?;
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    let logits = Array3::from_shape_vec((shape[0], shape[1], shape[2]), data.to_vec())
+    let [batch, positions, vocab] = shape[..] else {
+        return Err(Error::Runtime(format!("ONNX Runtime: logits have shape {shape:?}")));
+    };
+    let logits = Array3::from_shape_vec((batch, positions, vocab), data.to_vec())
         .map_err(|e| Error::Runtime(format!("ONNX Runtime: logits shape: {e}")))?;
-    if let Some(cache) = cache {
-        let mut present = Vec::with_capacity(cache.layers);
-        for i in 0..cache.layers {
-            let mut take = |part: &str| {
-                outputs.remove(format!("present.{i}.{part}").as_str()).ok_or_else(|| {
-                    Error::Input(format!("the model has no `present.{i}.{part}` output"))
-                })
-            };
-            present.push((take("key")?, take("value")?));
-        }
-        drop(outputs);
-        cache.past = present;
+    let mut present = Vec::with_capacity(layers);
+    for i in 0..layers {
+        let mut take = |part: KvPart| {
+            let name = names::present(i, part);
+            outputs
+                .remove(name.as_str())
+                .ok_or_else(|| Error::Model(format!("the model has no `{name}` output")))
+        };
+        present.push([take(KvPart::Key)?, take(KvPart::Value)?]);
     }
-    Ok(logits)
+    Ok(Outputs { logits, present })
 }

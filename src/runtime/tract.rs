@@ -3,32 +3,29 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ndarray::{Array2, Array3, Ix3};
+use ndarray::{Array2, Ix3};
 use tract_onnx::prelude::*;
 
-use super::{check_input_layout, InputRole, Runtime, Step};
+use gptc_graph::names::{self, InputRole, KvPart};
+
+use super::{cache_geometry, Backend, Engine, InputLayout, Outputs};
+use crate::check::{canonical_dim, InferredTensor};
 use crate::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// tract behind gptc's [`Runtime`](super::Runtime): one optimized plan for every step.
+pub type TractRuntime = Engine<TractBackend>;
+
 /// One optimized plan for every step: symbols (`batch_size`, `sequence_length`,
 /// `past_sequence_length`) are bound from the input shapes at each run.
-pub struct TractRuntime {
+pub struct TractBackend {
     plan: Plan,
-    roles: Vec<InputRole>,
     logits_output: usize,
-    cache: Option<Cache>,
-}
-
-/// The explicit KV cache: last run's `present` tensors, fed back as the next run's `past`.
-struct Cache {
-    heads: usize,
-    head_dim: usize,
-    /// f32, or f16 for a `--dtype f16` export.
-    datum_type: DatumType,
-    /// Output index of `present.{i}.key` and `present.{i}.value`, per layer.
-    present_outputs: Vec<(usize, usize)>,
-    past: Vec<(TValue, TValue)>,
+    /// Output indices of `present.{i}.key` and `.value`, per layer.
+    present_outputs: Vec<[usize; 2]>,
+    /// The empty past's element type (f32, or f16 for a `--dtype f16` export), heads, head_dim.
+    past: Option<(DatumType, usize, usize)>,
 }
 
 fn tract_error(context: &str) -> impl Fn(TractError) -> Error + '_ {
@@ -40,7 +37,7 @@ fn tract_error(context: &str) -> impl Fn(TractError) -> Error + '_ {
 fn guarded<T>(context: &str, call: impl FnOnce() -> TractResult<T>) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
         Ok(result) => result.map_err(tract_error(context)),
-        Err(panic) => Err(Error::Runtime(format!(
+        Err(panic) => Err(Error::Model(format!(
             "tract: {context}: the model is malformed ({})",
             crate::panic_message(&*panic)
         ))),
@@ -81,11 +78,10 @@ impl TractRuntime {
     fn from_inference_model(model: InferenceModel) -> Result<TractRuntime> {
         use_all_cores();
         let inputs = model.input_outlets().map_err(tract_error("inputs"))?;
-        let roles = inputs
-            .iter()
-            .map(|o| InputRole::of(&model.node(o.node).name))
-            .collect::<Result<Vec<_>>>()?;
-        let (has_cache, layers) = check_input_layout(&roles)?;
+        let input_names: Vec<String> =
+            inputs.iter().map(|o| model.node(o.node).name.clone()).collect();
+        let input_names: Vec<&str> = input_names.iter().map(String::as_str).collect();
+        let layout = InputLayout::of(&input_names)?;
         let model = optimized(model)?;
         let output_names: Vec<String> = model
             .output_outlets()
@@ -97,34 +93,72 @@ impl TractRuntime {
             output_names
                 .iter()
                 .position(|n| n == name)
-                .ok_or_else(|| Error::Input(format!("the model has no `{name}` output")))
+                .ok_or_else(|| Error::Model(format!("the model has no `{name}` output")))
         };
-        let logits_output = output("logits")?;
-        let cache = if has_cache {
-            let key_input = roles.iter().position(|r| *r == InputRole::PastKey(0)).unwrap_or(0);
-            let fact = model.input_fact(key_input).map_err(tract_error("inputs"))?;
-            let (shape, datum_type) = (&fact.shape, fact.datum_type);
-            let fixed =
-                |axis: usize| shape.get(axis).and_then(|d| d.to_i64().ok()).map(|d| d as usize);
-            let (Some(heads), Some(head_dim)) = (fixed(1), fixed(3)) else {
-                return Err(Error::Input(
-                    "past_key_values.0.key must have fixed n_heads and head_dim dims".into(),
-                ));
-            };
-            let present_outputs = (0..layers)
-                .map(|i| {
-                    Ok((
-                        output(&format!("present.{i}.key"))?,
-                        output(&format!("present.{i}.value"))?,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Some(Cache { heads, head_dim, datum_type, present_outputs, past: Vec::new() })
-        } else {
-            None
+        let logits_output = output(names::LOGITS)?;
+        let (present_outputs, past) = match &layout {
+            InputLayout::Plain => (Vec::new(), None),
+            InputLayout::Cached { roles, layers } => {
+                let first_key = InputRole::Past(0, KvPart::Key);
+                let key_input = roles.iter().position(|r| *r == first_key).unwrap_or(0);
+                let fact = model.input_fact(key_input).map_err(tract_error("inputs"))?;
+                let dims: Vec<Option<i64>> = fact.shape.iter().map(|d| d.to_i64().ok()).collect();
+                let (heads, head_dim) = cache_geometry(&dims)?;
+                let present = (0..*layers)
+                    .map(|i| {
+                        let [key, value] = KvPart::BOTH.map(|part| names::present(i, part));
+                        Ok([output(&key)?, output(&value)?])
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (present, Some((fact.datum_type, heads, head_dim)))
+            }
         };
         let plan = model.into_runnable().map_err(tract_error("planning the model"))?;
-        Ok(TractRuntime { plan, roles, logits_output, cache })
+        let backend = TractBackend { plan, logits_output, present_outputs, past };
+        Ok(Engine::new(backend, layout))
+    }
+}
+
+impl TractBackend {
+    /// The optimized plan, for tests that look at which ops tract chose.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+}
+
+impl Backend for TractBackend {
+    type Value = TValue;
+
+    fn name(&self) -> String {
+        "tract".into()
+    }
+
+    fn ids(&self, ids: &Array2<i64>) -> Result<TValue> {
+        Ok(Tensor::from(ids.clone()).into())
+    }
+
+    fn empty_past(&self, batch: usize) -> Result<TValue> {
+        let (datum_type, heads, head_dim) =
+            self.past.ok_or_else(|| Error::Model("the model has no KV cache".into()))?;
+        Ok(Tensor::zero_dt(datum_type, &[batch, heads, 0, head_dim])
+            .map_err(tract_error("empty past"))?
+            .into())
+    }
+
+    fn run(&mut self, inputs: &[&TValue], layers: usize) -> Result<Outputs<TValue>> {
+        let inputs: TVec<TValue> = inputs.iter().map(|&v| v.clone()).collect();
+        let outputs = self.plan.run(inputs).map_err(tract_error("running"))?;
+        let present = self.present_outputs[..layers.min(self.present_outputs.len())]
+            .iter()
+            .map(|&[k, v]| [outputs[k].clone(), outputs[v].clone()])
+            .collect();
+        let logits = outputs[self.logits_output]
+            .to_plain_array_view::<f32>()
+            .map_err(tract_error("reading logits"))?
+            .into_dimensionality::<Ix3>()
+            .map_err(|e| Error::Runtime(format!("tract: logits are not 3-d: {e}")))?
+            .to_owned();
+        Ok(Outputs { logits, present })
     }
 }
 
@@ -201,84 +235,6 @@ fn gelu_patch(model: &TypedModel, scaled: &TypedNode) -> TractResult<Option<Type
     Ok(Some(patch))
 }
 
-fn tensor_of(array: &Array2<i64>) -> TValue {
-    Tensor::from(array.clone()).into()
-}
-
-impl Runtime for TractRuntime {
-    fn name(&self) -> String {
-        "tract".into()
-    }
-
-    fn has_cache(&self) -> bool {
-        self.cache.is_some()
-    }
-
-    fn reset(&mut self) {
-        if let Some(cache) = &mut self.cache {
-            cache.past.clear();
-        }
-    }
-
-    fn run(&mut self, step: &Step) -> Result<Array3<f32>> {
-        let batch = step.input_ids.nrows();
-        let needs = |what: Option<&Array2<i64>>, name: &str| {
-            what.map(tensor_of)
-                .ok_or_else(|| Error::Input(format!("a KV-cache model needs {name}")))
-        };
-        let empty_past = |c: &Cache| -> Result<TValue> {
-            Ok(Tensor::zero_dt(c.datum_type, &[batch, c.heads, 0, c.head_dim])
-                .map_err(tract_error("empty past"))?
-                .into())
-        };
-        let mut inputs = TVec::new();
-        for role in &self.roles {
-            inputs.push(match (role, &self.cache) {
-                (InputRole::InputIds, _) => tensor_of(step.input_ids),
-                (InputRole::AttentionMask, _) => needs(step.attention_mask, "attention_mask")?,
-                (InputRole::PositionIds, _) => needs(step.position_ids, "position_ids")?,
-                (InputRole::PastKey(i), Some(c)) => {
-                    c.past.get(*i).map_or_else(|| empty_past(c), |kv| Ok(kv.0.clone()))?
-                }
-                (InputRole::PastValue(i), Some(c)) => {
-                    c.past.get(*i).map_or_else(|| empty_past(c), |kv| Ok(kv.1.clone()))?
-                }
-                (_, None) => unreachable!("cache inputs imply a cache"),
-            });
-        }
-        let outputs = self.plan.run(inputs).map_err(tract_error("running"))?;
-        if let Some(cache) = &mut self.cache {
-            cache.past = cache
-                .present_outputs
-                .iter()
-                .map(|&(k, v)| (outputs[k].clone(), outputs[v].clone()))
-                .collect();
-        }
-        let logits = outputs[self.logits_output]
-            .to_plain_array_view::<f32>()
-            .map_err(tract_error("reading logits"))?
-            .into_dimensionality::<Ix3>()
-            .map_err(|e| Error::Runtime(format!("tract: logits are not 3-d: {e}")))?;
-        Ok(logits.to_owned())
-    }
-}
-
-/// A graph input or output as tract's analysis sees it: ONNX dtype name and dims
-/// (numbers, or the symbols of named dims).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InferredTensor {
-    pub name: String,
-    pub dtype: String,
-    pub dims: Vec<String>,
-}
-
-/// A dim written as a sum of terms, in a canonical order: `"b + a"` and `"a+b"` agree.
-pub fn canonical_dim(dim: &str) -> String {
-    let mut terms: Vec<&str> = dim.split('+').map(str::trim).collect();
-    terms.sort_unstable();
-    terms.join("+")
-}
-
 fn onnx_dtype_name(dt: DatumType) -> String {
     match dt {
         DatumType::F32 => "float".into(),
@@ -343,7 +299,7 @@ mod tests {
         let options = GraphOptions { kv_cache: true, precision, ..Default::default() };
         let model = build_model(&config, options, &mut RandomInit { seed: 1 }, None).unwrap();
         let runtime = TractRuntime::from_bytes(&file::encode(&model)).unwrap();
-        runtime.plan.model().nodes().iter().map(|n| n.op.name().to_string()).collect()
+        runtime.backend().plan().model().nodes().iter().map(|n| n.op.name().to_string()).collect()
     }
 
     #[test]

@@ -5,8 +5,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use gptc::generate::{generate, Next};
-use gptc::reference::{argmax, Reference};
+use gptc::reference::Reference;
 use gptc::runtime::Runtime;
+use gptc::sampling::argmax;
 pub use gptc_graph::GptConfig;
 use gptc_graph::{build_model, file, GraphOptions, Precision, RandomInit, Recording, TensorMap};
 use ndarray::{s, Array1, Array2, Array3};

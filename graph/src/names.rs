@@ -1,0 +1,136 @@
+//! Every name that crosses the boundary between the graph and whoever runs or reads it: graph
+//! inputs and outputs (HF optimum's GPT-2 layout), the weights other code looks up by name, and
+//! the metadata keys. The builder writes these names, and the runtimes, `check` and the
+//! checkpoint import read them from here, so the contract is stated once.
+
+use std::fmt;
+
+pub const INPUT_IDS: &str = "input_ids";
+pub const ATTENTION_MASK: &str = "attention_mask";
+pub const POSITION_IDS: &str = "position_ids";
+pub const LOGITS: &str = "logits";
+
+const PAST_PREFIX: &str = "past_key_values.";
+const PRESENT_PREFIX: &str = "present.";
+
+/// The two halves of a layer's cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvPart {
+    Key,
+    Value,
+}
+
+impl KvPart {
+    pub const BOTH: [KvPart; 2] = [KvPart::Key, KvPart::Value];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            KvPart::Key => "key",
+            KvPart::Value => "value",
+        }
+    }
+}
+
+/// `past_key_values.{layer}.key` / `.value`: the cache a step reads.
+pub fn past(layer: usize, part: KvPart) -> String {
+    format!("{PAST_PREFIX}{layer}.{}", part.suffix())
+}
+
+/// `present.{layer}.key` / `.value`: the cache a step returns, past and new positions.
+pub fn present(layer: usize, part: KvPart) -> String {
+    format!("{PRESENT_PREFIX}{layer}.{}", part.suffix())
+}
+
+/// Weights that code outside the builder refers to by name.
+pub const TOKEN_EMBEDDING: &str = "wte.weight";
+pub const POSITION_EMBEDDING: &str = "wpe.weight";
+pub const OUTPUT_HEAD: &str = "lm_head.weight";
+/// GPT-2's lower-triangular attention table (its `attn.bias` buffer).
+pub const CAUSAL_MASK: &str = "causal_mask";
+
+/// Keys of the model's `metadata_props`: what gptc records, and what readers trust.
+pub mod meta {
+    pub const VERSION: &str = "gptc.version";
+    /// The whole config as JSON, with the book's keys.
+    pub const CONFIG: &str = "gptc.config";
+    /// The seed of the random init; absent for trained weights.
+    pub const INIT_SEED: &str = "gptc.init_seed";
+    pub const KV_CACHE: &str = "gptc.kv_cache";
+    pub const LAST_TOKEN_LOGITS: &str = "gptc.last_token_logits";
+    pub const TIE_WEIGHTS: &str = "gptc.tie_weights";
+    /// The ONNX name of the weights' element type: `float` or `float16`.
+    pub const DTYPE: &str = "gptc.dtype";
+}
+
+/// What a graph input is for, read from its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InputRole {
+    InputIds,
+    AttentionMask,
+    PositionIds,
+    Past(usize, KvPart),
+}
+
+impl InputRole {
+    /// The role of an input name, or `None` for a name outside gptc's layout.
+    pub fn of(name: &str) -> Option<InputRole> {
+        match name {
+            INPUT_IDS => Some(InputRole::InputIds),
+            ATTENTION_MASK => Some(InputRole::AttentionMask),
+            POSITION_IDS => Some(InputRole::PositionIds),
+            _ => {
+                let (layer, part) = name.strip_prefix(PAST_PREFIX)?.split_once('.')?;
+                let part = KvPart::BOTH.into_iter().find(|p| p.suffix() == part)?;
+                // `parse` alone would take "+1" or "01": only the canonical spelling round-trips.
+                let layer: usize = layer.parse().ok().filter(|l: &usize| l.to_string() == layer)?;
+                Some(InputRole::Past(layer, part))
+            }
+        }
+    }
+}
+
+impl fmt::Display for InputRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            InputRole::InputIds => f.write_str(INPUT_IDS),
+            InputRole::AttentionMask => f.write_str(ATTENTION_MASK),
+            InputRole::PositionIds => f.write_str(POSITION_IDS),
+            InputRole::Past(layer, part) => f.write_str(&past(layer, part)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_names_round_trip_through_their_roles() {
+        let roles = [
+            InputRole::InputIds,
+            InputRole::AttentionMask,
+            InputRole::PositionIds,
+            InputRole::Past(0, KvPart::Key),
+            InputRole::Past(11, KvPart::Value),
+        ];
+        for role in roles {
+            assert_eq!(InputRole::of(&role.to_string()), Some(role));
+        }
+        assert_eq!(past(3, KvPart::Key), "past_key_values.3.key");
+        assert_eq!(present(3, KvPart::Value), "present.3.value");
+    }
+
+    #[test]
+    fn names_outside_the_layout_have_no_role() {
+        for name in [
+            "input",
+            "past_key_values.x.key",
+            "past_key_values.1.keys",
+            "past_key_values.01.key",
+            "past_key_values.+1.key",
+            "present.0.key",
+        ] {
+            assert_eq!(InputRole::of(name), None, "{name}");
+        }
+    }
+}

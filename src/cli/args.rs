@@ -1,0 +1,319 @@
+//! The command line's arguments, and how each becomes a library value.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use gptc::model::{ConfigOverrides, ConfigSpec, Weights};
+use gptc::runtime::ort::Device;
+use gptc::runtime::RuntimeKind;
+use gptc::sampling::SamplingConfig;
+use gptc_graph::{GraphOptions, Precision};
+
+#[derive(Parser)]
+#[command(name = "gptc", version, about = "Compile GPT-2 to ONNX and generate text with it")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Write a GPT-2 model as an ONNX file.
+    Export(ExportArgs),
+    /// Generate text greedily from a prompt.
+    Generate(GenerateArgs),
+    /// Print the parameter accounting of a config, and what a model file holds.
+    Inspect(InspectArgs),
+    /// Measure export, load and generation speed, and the machine's memory bandwidth.
+    Bench(BenchArgs),
+    /// Check that a model file holds the graph gptc promises for its config (exit 1 if not).
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The .onnx file to check.
+    pub model: PathBuf,
+    /// The config to check against; by default the one stored in the file.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Which model: a preset or a JSON config, with single fields overridden by flags.
+#[derive(Args, Clone, Default)]
+pub struct ConfigArgs {
+    /// gpt2-small (the default), gpt2-medium, gpt2-large or gpt2-xl.
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// A JSON file with the book's keys (vocab_size, context_length, emb_dim, n_heads, n_layers,
+    /// drop_rate, qkv_bias).
+    #[arg(long, value_name = "FILE.json")]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub vocab_size: Option<usize>,
+    #[arg(long)]
+    pub context_length: Option<usize>,
+    #[arg(long)]
+    pub emb_dim: Option<usize>,
+    #[arg(long)]
+    pub n_heads: Option<usize>,
+    #[arg(long)]
+    pub n_layers: Option<usize>,
+    #[arg(long)]
+    pub drop_rate: Option<f64>,
+    #[arg(long, value_name = "true|false")]
+    pub qkv_bias: Option<bool>,
+}
+
+impl ConfigArgs {
+    pub fn spec(&self) -> ConfigSpec {
+        ConfigSpec {
+            preset: self.preset.clone(),
+            file: self.config.clone(),
+            overrides: ConfigOverrides {
+                vocab_size: self.vocab_size,
+                context_length: self.context_length,
+                emb_dim: self.emb_dim,
+                n_heads: self.n_heads,
+                n_layers: self.n_layers,
+                drop_rate: self.drop_rate,
+                qkv_bias: self.qkv_bias,
+            },
+        }
+    }
+}
+
+/// The graph's shape beyond the config.
+#[derive(Args, Clone, Copy)]
+pub struct GraphArgs {
+    /// The book's plain graph (input_ids -> logits) instead of the KV-cache graph.
+    #[arg(long)]
+    pub no_kv_cache: bool,
+    /// Logits for the last position only: [batch_size, 1, vocab_size].
+    #[arg(long)]
+    pub last_token_logits: bool,
+    /// One matrix for the token embedding and the output head (GPT-2's layout). The default for
+    /// imported weights without an `lm_head.weight`.
+    #[arg(long)]
+    pub tie_weights: bool,
+    #[command(flatten)]
+    pub dtype: DtypeArg,
+}
+
+impl GraphArgs {
+    pub fn options(self) -> GraphOptions {
+        GraphOptions {
+            kv_cache: !self.no_kv_cache,
+            last_token_logits: self.last_token_logits,
+            tie_weights: self.tie_weights,
+            precision: self.dtype.precision(),
+        }
+    }
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct DtypeArg {
+    /// Type of weights, activations and KV cache. f16 is for GPU runtimes: LayerNorm and softmax
+    /// stay in float32, and logits are float32.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Dtype,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dtype {
+    F32,
+    F16,
+}
+
+impl DtypeArg {
+    pub fn precision(self) -> Precision {
+        match self.dtype {
+            Dtype::F32 => Precision::F32,
+            Dtype::F16 => Precision::F16,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Trained weights: a Hugging Face GPT-2 folder (config.json and model.safetensors, or
+    /// shards with their index), or one .safetensors file with --preset or --config.
+    #[arg(long, value_name = "DIR|FILE")]
+    pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ConfigArgs,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    /// Seed of GPT-2's random init; the same seed writes a byte-identical file.
+    #[arg(long, default_value_t = 123)]
+    pub seed: u64,
+    /// Weights in FILE.onnx.data beside the model (ONNX external data). Automatic for models
+    /// over protobuf's 2 GiB limit (gpt2-large and gpt2-xl in float32).
+    #[arg(long)]
+    pub external_data: bool,
+    /// Where to write the .onnx file.
+    #[arg(short, long, value_name = "FILE.onnx")]
+    pub output: PathBuf,
+}
+
+/// Trained weights if given, else GPT-2's init from `seed`.
+pub fn weights(path: Option<&PathBuf>, seed: u64) -> Weights {
+    match path {
+        Some(path) => Weights::Checkpoint(path.clone()),
+        None => Weights::Random { seed },
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeArg {
+    /// tract: pure Rust, CPU, nothing to install.
+    Tract,
+    /// ONNX Runtime (libonnxruntime from ORT_DYLIB_PATH or a pip-installed onnxruntime).
+    Ort,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+    /// CUDA when it can be had, else CPU (said on stderr).
+    Auto,
+}
+
+impl DeviceArg {
+    pub fn device(self) -> Device {
+        match self {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+            DeviceArg::Auto => Device::Auto,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Prompts; several run as one left-padded batch.
+    pub prompts: Vec<String>,
+    /// More prompts, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+    /// Token ids instead of text, comma-separated (e.g. 15496,11,314,716).
+    #[arg(long, value_name = "IDS", conflicts_with_all = ["prompts", "prompt_file"])]
+    pub ids: Option<String>,
+    /// Read `<|endoftext|>` in a prompt as the special token, not as text.
+    #[arg(long)]
+    pub allow_special: bool,
+    /// An exported .onnx file; without it, gpt2-small (or the given config) is compiled in memory.
+    #[arg(long, value_name = "FILE.onnx")]
+    pub model: Option<PathBuf>,
+    /// Compile in memory from trained weights (as `gptc export --weights`).
+    #[arg(long, value_name = "DIR|FILE", conflicts_with = "model")]
+    pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Seed of the random init when compiling in memory.
+    #[arg(long, default_value_t = 123)]
+    pub init_seed: u64,
+    /// Compile in memory without the KV cache (every token re-runs the whole window).
+    #[arg(long, conflicts_with = "model")]
+    pub no_kv_cache: bool,
+    /// When compiling in memory.
+    #[command(flatten)]
+    pub dtype: DtypeArg,
+    #[arg(long, value_enum, default_value = "tract")]
+    pub runtime: RuntimeArg,
+    /// Where ONNX Runtime runs (`--runtime ort` only).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    #[arg(long, default_value_t = 10)]
+    pub max_new_tokens: usize,
+    /// 0 (the default) is greedy; above 0, sample from softmax(logits / T).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub temperature: f32,
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_k: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Sampling seed: the same seed gives the same text on the same runtime.
+    #[arg(long, default_value_t = 123)]
+    pub seed: u64,
+    /// Stop at <|endoftext|> (the default when sampling).
+    #[arg(long, conflicts_with = "ignore_eos")]
+    pub eos: bool,
+    /// Go on past <|endoftext|>.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Stop when the new text contains this string (repeatable).
+    #[arg(long, value_name = "STRING")]
+    pub stop: Vec<String>,
+    /// Print one JSON object per prompt at the end (prompt, prompt_ids, output_ids, text, runtime).
+    #[arg(long, conflicts_with = "json_lines")]
+    pub json: bool,
+    /// Print one JSON object per token as it is decoded, then one per prompt.
+    #[arg(long)]
+    pub json_lines: bool,
+    /// With --json: also each step's last-position logits (`step_logits`), for cross-checks.
+    #[arg(long, requires = "json")]
+    pub with_logits: bool,
+}
+
+impl GenerateArgs {
+    pub fn sampling(&self) -> SamplingConfig {
+        SamplingConfig {
+            temperature: self.temperature,
+            // Negative counts are no counts: the sampler's one check refuses them with zero.
+            top_k: self.top_k.map(|k| usize::try_from(k).unwrap_or(0)),
+            top_p: self.top_p,
+            seed: self.seed,
+        }
+    }
+
+    pub fn runtime_kind(&self) -> RuntimeKind {
+        match self.runtime {
+            RuntimeArg::Tract => RuntimeKind::Tract,
+            RuntimeArg::Ort => RuntimeKind::Ort(self.device.device()),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// An .onnx file to report on (its stored config gives the accounting).
+    #[arg(long, value_name = "FILE.onnx", conflicts_with_all = ["preset", "config"])]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Prompt lengths whose prefill is timed [default: 16,128,1024, those within the context].
+    #[arg(long, value_delimiter = ',')]
+    pub prefill: Option<Vec<usize>>,
+    /// Tokens decoded with the KV cache.
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Tokens decoded without a cache (0 skips that run).
+    #[arg(long, default_value_t = 128)]
+    pub plain_tokens: usize,
+    /// Keep the exported file in this folder (for other runtimes to time the same file).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Also time ONNX Runtime from Rust on the same file.
+    #[arg(long)]
+    pub ort: bool,
+    /// Where ONNX Runtime runs.
+    #[arg(long, value_enum, default_value = "cpu", requires = "ort")]
+    pub device: DeviceArg,
+    /// Skip tract (to time ONNX Runtime alone, e.g. on a GPU).
+    #[arg(long, requires = "ort")]
+    pub no_tract: bool,
+    #[command(flatten)]
+    pub dtype: DtypeArg,
+    /// End with one JSON line of all figures.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,224 @@
+//! What each command prints: the library does the work, these functions render it.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use gptc::bench::{self, BenchPlan};
+use gptc::model::compile;
+use gptc::progress::Progress;
+use gptc::runtime::{load, ModelSource, RuntimeKind};
+use gptc::session::{Event, GenerationSettings, Prompt, Session};
+use gptc::{inspect, memory};
+use gptc_graph::file::{self, WeightLayout};
+use gptc_graph::GraphOptions;
+
+use super::args::{weights, BenchArgs, CheckArgs, ExportArgs, GenerateArgs, InspectArgs};
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let start = Instant::now();
+    let weights = weights(args.weights.as_ref(), args.seed);
+    let compiled = compile(&args.model.spec(), &weights, args.graph.options())?;
+    let layout = if args.external_data { WeightLayout::External } else { WeightLayout::Auto };
+    let progress = Progress::bytes("writing", file::tensor_bytes(&compiled.model));
+    let data = file::write_model_observed(&args.output, &compiled.model, layout, &|n| {
+        progress.advance(n)
+    })?;
+    drop(progress);
+    let parameters = compiled.parameters();
+    let options = compiled.options;
+    eprintln!(
+        "wrote {}{} ({} parameters{}, {:.2} MB) in {:.2} s, peak RSS {:.2} GB",
+        args.output.display(),
+        data.map(|d| format!(" and {}", d.display())).unwrap_or_default(),
+        inspect::thousands(parameters),
+        if options.tie_weights { ", tied" } else { "" },
+        (parameters * options.precision.bytes()) as f64 / (1024.0 * 1024.0),
+        start.elapsed().as_secs_f64(),
+        memory::peak_rss_bytes().unwrap_or(0) as f64 / 1e9
+    );
+    Ok(())
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let settings = GenerationSettings {
+        max_new_tokens: args.max_new_tokens,
+        sampling: args.sampling(),
+        stop_at_eos: false,
+        stop_strings: args.stop.clone(),
+        keep_logits: args.with_logits,
+    }
+    .eos_by_default(match (args.eos, args.ignore_eos) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    });
+    settings.validate()?;
+    let mut texts = args.prompts.clone();
+    if let Some(path) = &args.prompt_file {
+        let content =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        texts.extend(content.lines().filter(|l| !l.trim().is_empty()).map(String::from));
+    }
+    if args.ids.is_none() && texts.is_empty() {
+        bail!("no prompt: give one or more prompts, --prompt-file or --ids");
+    }
+    let prompts: Vec<Prompt> = match &args.ids {
+        Some(ids) => vec![Prompt::Ids(gptc::tokenizer::parse_ids(ids)?)],
+        None => texts.iter().cloned().map(Prompt::Text).collect(),
+    };
+    gptc::session::check_prompts(&prompts)?;
+    if args.runtime_kind() == RuntimeKind::Tract && args.device != super::args::DeviceArg::Cpu {
+        bail!("tract runs on the CPU only: use --runtime ort for --device cuda or auto");
+    }
+
+    // Generating reads only the last position's logits.
+    let options = GraphOptions {
+        kv_cache: !args.no_kv_cache,
+        last_token_logits: true,
+        tie_weights: false,
+        precision: args.dtype.precision(),
+    };
+    let spec = args.config.spec();
+    let weights = weights(args.weights.as_ref(), args.init_seed);
+    let source = match &args.model {
+        Some(path) => ModelSource::File { path, config: &spec },
+        None => ModelSource::Compile { config: &spec, weights: &weights, options },
+    };
+    let mut loaded = load(source, args.runtime_kind())?;
+    if let Some(why) = &loaded.fallback {
+        eprintln!("gptc: {why}; running ONNX Runtime on the CPU");
+    }
+    let mut session = Session::new(loaded.runtime.as_mut(), &loaded.config, settings)?;
+    let prompt_ids = session.encode(&prompts, args.allow_special)?;
+
+    let stream_text =
+        prompt_ids.len() == 1 && !args.json && !args.json_lines && session.decodes_text();
+    let mut stdout = std::io::stdout().lock();
+    if stream_text {
+        write!(stdout, "{}", session.tokenizer().decode(&prompt_ids[0])?)?;
+        stdout.flush()?;
+    }
+    let (completions, stats) = session.run(&prompt_ids, |event| {
+        let io = gptc::Error::Io;
+        match event {
+            Event::Cropped { row, tokens, context } => eprintln!(
+                "gptc: prompt {} has {tokens} tokens; the model sees only the last {context} (its context)",
+                row + 1
+            ),
+            Event::Token { text, .. } if stream_text => {
+                write!(stdout, "{text}").and_then(|_| stdout.flush()).map_err(io)?
+            }
+            Event::Token { row, id, text } if args.json_lines => {
+                let event = serde_json::json!({"event": "token", "row": row, "id": id, "text": text});
+                writeln!(stdout, "{event}").map_err(io)?
+            }
+            Event::Token { .. } => {}
+        }
+        Ok(())
+    })?;
+
+    let runtime = session.runtime_name();
+    for (row, completion) in completions.iter().enumerate() {
+        if stream_text {
+            writeln!(stdout, "{}", completion.unstreamed)?;
+        } else if args.json || args.json_lines {
+            let mut object = serde_json::json!({
+                "prompt": texts.get(row).cloned().unwrap_or_else(|| completion.prompt_text.clone()),
+                "prompt_ids": completion.prompt_ids,
+                "output_ids": completion.output_ids,
+                "text": completion.text(),
+                "runtime": runtime,
+            });
+            if args.json_lines {
+                object["event"] = "done".into();
+            }
+            if args.with_logits {
+                object["step_logits"] = serde_json::json!(completion.step_logits);
+            }
+            writeln!(stdout, "{object}")?;
+        } else {
+            writeln!(stdout, "{}", completion.text())?;
+        }
+    }
+    stdout.flush()?;
+    eprintln!(
+        "gptc: {} prompt tokens, {} new tokens, time to first token {:.0} ms, {:.1} tokens/s ({runtime})",
+        stats.prompt_tokens,
+        stats.new_tokens,
+        stats.time_to_first_token.as_secs_f64() * 1e3,
+        stats.decode_tokens_per_s,
+    );
+    Ok(())
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let mut out = String::new();
+    let spec = args.config.spec();
+    let config = match &args.model {
+        Some(path) => {
+            let model = file::read_model(path)?;
+            out.push_str(&inspect::file_report(&model));
+            match spec.for_model_file(file::stored_config(&model).transpose()?, path, false) {
+                Ok(config) => Some(config),
+                Err(gptc::Error::NoConfig(_)) => {
+                    out.push_str("no gptc config in the metadata: pass --preset or --config for the accounting\n");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => Some(spec.resolve()?),
+    };
+    if let Some(config) = config {
+        out.push_str(&inspect::config_line(&config));
+        out.push_str(&inspect::parameter_table(&config));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let config = args.config.spec().resolve()?;
+    let prefill = match args.prefill {
+        Some(lengths) => lengths,
+        None => [16, 128, 1024].into_iter().filter(|&n| n <= config.context_length).collect(),
+    };
+    let plan = BenchPlan {
+        config,
+        precision: args.dtype.precision(),
+        prefill,
+        new_tokens: args.new_tokens,
+        plain_tokens: args.plain_tokens,
+        keep_in: args.dir,
+        tract: !args.no_tract,
+        ort: args.ort.then(|| args.device.device()),
+    };
+    let report = bench::run(&plan)?;
+    print!("{report}");
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+pub fn check(args: CheckArgs) -> Result<()> {
+    let bytes =
+        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let model = file::decode_model(&args.model, &bytes)?;
+    print!("{}", inspect::file_report(&model));
+    let stored = file::stored_config(&model).transpose()?;
+    let config = args.config.spec().for_model_file(stored, &args.model, true)?;
+    let options = gptc::check::check_model(&args.model, &model, &config)?;
+    println!(
+        "ok: inputs and outputs match the config ({}) and tract's shape analysis",
+        match (options.kv_cache, options.last_token_logits) {
+            (false, false) => "plain graph",
+            (false, true) => "plain graph, last-token logits",
+            (true, false) => "KV cache",
+            (true, true) => "KV cache, last-token logits",
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,417 @@
+//! A generation session: prompts in, token events out. It owns what turns logits into text —
+//! the tokenizer, the sampler, the stop policy (end-of-text, stop strings) and one UTF-8 stream
+//! per row — so a caller only renders events.
+
+use std::time::{Duration, Instant};
+
+use gptc_graph::GptConfig;
+
+use crate::generate::{generate, Next};
+use crate::runtime::Runtime;
+use crate::sampling::{Sampler, SamplingConfig};
+use crate::stream::Utf8Stream;
+use crate::tokenizer::{Tokenizer, END_OF_TEXT, GPT2_VOCAB_SIZE};
+use crate::{Error, Result};
+
+/// How to generate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationSettings {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingConfig,
+    /// Stop a row at `<|endoftext|>` (without emitting it).
+    pub stop_at_eos: bool,
+    /// Stop a row once its new text contains one of these; the text is cut before it.
+    pub stop_strings: Vec<String>,
+    /// Keep every step's last-position logits in the output (for cross-checks).
+    pub keep_logits: bool,
+}
+
+impl Default for GenerationSettings {
+    fn default() -> Self {
+        GenerationSettings {
+            max_new_tokens: 10,
+            sampling: SamplingConfig::default(),
+            stop_at_eos: false,
+            stop_strings: Vec::new(),
+            keep_logits: false,
+        }
+    }
+}
+
+impl GenerationSettings {
+    /// Settings as users expect them: sampling stops at end-of-text, greedy decoding (the book's
+    /// loop) does not unless asked.
+    pub fn eos_by_default(mut self, eos: Option<bool>) -> Self {
+        self.stop_at_eos = eos.unwrap_or(!self.sampling.is_greedy());
+        self
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.max_new_tokens == 0 {
+            return Err(Error::Setting {
+                setting: "max-new-tokens",
+                problem: "must be at least 1".into(),
+            });
+        }
+        self.sampling.validate()
+    }
+}
+
+/// A prompt: text for the tokenizer, or token ids as they are.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<i64>),
+}
+
+/// Checks what can be checked before a model is loaded: there is a prompt, and none is empty.
+pub fn check_prompts(prompts: &[Prompt]) -> Result<()> {
+    if prompts.is_empty() {
+        return Err(Error::Usage("no prompt: give one or more prompts or token ids".into()));
+    }
+    let empty = |p: &Prompt| match p {
+        Prompt::Text(text) => text.is_empty(),
+        Prompt::Ids(ids) => ids.is_empty(),
+    };
+    match prompts.iter().position(empty) {
+        Some(i) => {
+            Err(Error::Usage(format!("prompt {} is empty: give some text to continue", i + 1)))
+        }
+        None => Ok(()),
+    }
+}
+
+/// What happens while generating, in order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Event<'a> {
+    /// Row `row`'s prompt is longer than the context: the model sees its last `context` tokens.
+    Cropped { row: usize, tokens: usize, context: usize },
+    /// A new token, and the text it completes (empty while a UTF-8 character is unfinished, or
+    /// when the vocabulary is not GPT-2's).
+    Token { row: usize, id: i64, text: &'a str },
+}
+
+/// What one prompt became.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    pub prompt_ids: Vec<i64>,
+    /// The new ids only.
+    pub output_ids: Vec<i64>,
+    /// The prompt as text (empty when the vocabulary is not GPT-2's).
+    pub prompt_text: String,
+    /// The new text, cut before the first stop string.
+    pub new_text: String,
+    /// The part of the new text that no `Token` event carried: an unfinished UTF-8 character
+    /// at the end, as U+FFFD.
+    pub unstreamed: String,
+    /// Each step's last-position logits, when kept.
+    pub step_logits: Vec<Vec<f32>>,
+}
+
+impl Completion {
+    /// Prompt and continuation, as a user reads them.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.prompt_text, self.new_text)
+    }
+}
+
+/// Timing of a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub time_to_first_token: Duration,
+    /// New tokens after each row's first, per second of decoding.
+    pub decode_tokens_per_s: f64,
+}
+
+/// Generates with one runtime and one model config.
+pub struct Session<'r> {
+    runtime: &'r mut dyn Runtime,
+    config: GptConfig,
+    tokenizer: Tokenizer,
+    settings: GenerationSettings,
+}
+
+impl<'r> Session<'r> {
+    pub fn new(
+        runtime: &'r mut dyn Runtime,
+        config: &GptConfig,
+        settings: GenerationSettings,
+    ) -> Result<Session<'r>> {
+        settings.validate()?;
+        Ok(Session { runtime, config: config.clone(), tokenizer: Tokenizer::gpt2(), settings })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn runtime_name(&self) -> String {
+        self.runtime.name()
+    }
+
+    /// Whether ids can be shown as text: the model's vocabulary is GPT-2's BPE (or a part).
+    pub fn decodes_text(&self) -> bool {
+        self.config.vocab_size <= GPT2_VOCAB_SIZE
+    }
+
+    /// The ids of each prompt, checked: none empty, every id in the model's vocabulary. With
+    /// `allow_special`, `<|endoftext|>` in a text is the special token.
+    pub fn encode(&self, prompts: &[Prompt], allow_special: bool) -> Result<Vec<Vec<i64>>> {
+        check_prompts(prompts)?;
+        let vocab = self.config.vocab_size;
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(i, prompt)| {
+                let ids = match prompt {
+                    Prompt::Ids(ids) => ids.clone(),
+                    Prompt::Text(_) if !self.decodes_text() => {
+                        return Err(Error::Usage(format!(
+                            "the model's vocabulary ({vocab}) is larger than GPT-2's BPE ({GPT2_VOCAB_SIZE}): give token ids"
+                        )))
+                    }
+                    Prompt::Text(text) if allow_special => self.tokenizer.encode_with_special(text),
+                    Prompt::Text(text) => self.tokenizer.encode(text),
+                };
+                if ids.is_empty() {
+                    return Err(Error::Usage(format!(
+                        "prompt {} is empty: give some text to continue",
+                        i + 1
+                    )));
+                }
+                if let Some(&id) = ids.iter().find(|&&id| id < 0 || id as usize >= vocab) {
+                    return Err(Error::Usage(format!(
+                        "prompt {} has token {id}, outside the model's vocabulary of {vocab}",
+                        i + 1
+                    )));
+                }
+                Ok(ids)
+            })
+            .collect()
+    }
+
+    /// Generates for every prompt (checked ids, as [`Session::encode`] gives) as one batch,
+    /// calling `on_event` as it goes.
+    pub fn run(
+        &mut self,
+        prompts: &[Vec<i64>],
+        mut on_event: impl FnMut(Event) -> Result<()>,
+    ) -> Result<(Vec<Completion>, Stats)> {
+        let context = self.config.context_length;
+        for (row, prompt) in prompts.iter().enumerate() {
+            if prompt.len() > context {
+                on_event(Event::Cropped { row, tokens: prompt.len(), context })?;
+            }
+        }
+        let decode_text = self.decodes_text();
+        let Session { runtime, tokenizer, settings, .. } = self;
+        let mut sampler = Sampler::new(settings.sampling.clone())?;
+        let mut rows: Vec<Completion> = prompts
+            .iter()
+            .map(|prompt| {
+                Ok(Completion {
+                    prompt_ids: prompt.clone(),
+                    output_ids: Vec::new(),
+                    prompt_text: if decode_text {
+                        tokenizer.decode(prompt)?
+                    } else {
+                        String::new()
+                    },
+                    new_text: String::new(),
+                    unstreamed: String::new(),
+                    step_logits: Vec::new(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut streams: Vec<Utf8Stream> = prompts.iter().map(|_| Utf8Stream::default()).collect();
+        let start = Instant::now();
+        let mut first_token_at = None;
+        let mut new_tokens = 0usize;
+        let outputs =
+            generate(*runtime, prompts, settings.max_new_tokens, context, |row, logits| {
+                first_token_at.get_or_insert_with(|| start.elapsed());
+                if settings.keep_logits {
+                    rows[row].step_logits.push(logits.to_vec());
+                }
+                let id = sampler.pick(logits);
+                if settings.stop_at_eos && id == END_OF_TEXT {
+                    return Ok(Next::Stop);
+                }
+                new_tokens += 1;
+                let piece = match decode_text {
+                    true => streams[row].push(&tokenizer.decode_bytes(&[id])?),
+                    false => String::new(),
+                };
+                let text = &mut rows[row].new_text;
+                text.push_str(&piece);
+                let stopped = settings.stop_strings.iter().any(|s| text.contains(s.as_str()));
+                on_event(Event::Token { row, id, text: &piece })?;
+                Ok(if stopped { Next::Last(id) } else { Next::Token(id) })
+            })?;
+        let elapsed = start.elapsed();
+        for ((row, output_ids), stream) in rows.iter_mut().zip(outputs).zip(&mut streams) {
+            row.output_ids = output_ids;
+            row.unstreamed = stream.finish();
+            row.new_text.push_str(&row.unstreamed);
+            let stops = settings.stop_strings.iter();
+            if let Some(cut) = stops.filter_map(|s| row.new_text.find(s.as_str())).min() {
+                row.new_text.truncate(cut);
+            }
+        }
+        let time_to_first_token = first_token_at.unwrap_or_default();
+        let decode_s = elapsed.saturating_sub(time_to_first_token).as_secs_f64();
+        let later_tokens = new_tokens.saturating_sub(prompts.len());
+        let stats = Stats {
+            prompt_tokens: prompts.iter().map(Vec::len).sum(),
+            new_tokens,
+            time_to_first_token,
+            decode_tokens_per_s: if decode_s > 0.0 { later_tokens as f64 / decode_s } else { 0.0 },
+        };
+        Ok((rows, stats))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array3;
+
+    use super::*;
+    use crate::runtime::Step;
+
+    /// A cached model whose greedy choice for row `r` at step `s` is `script[r][s]`.
+    struct Scripted {
+        script: Vec<Vec<i64>>,
+        step: usize,
+    }
+
+    impl Runtime for Scripted {
+        fn name(&self) -> String {
+            "scripted".into()
+        }
+        fn has_cache(&self) -> bool {
+            true
+        }
+        fn reset(&mut self) {}
+        fn run(&mut self, step: &Step) -> Result<Array3<f32>> {
+            let batch = step.input_ids.nrows();
+            let at = self.step;
+            self.step += 1;
+            Ok(Array3::from_shape_fn((batch, 1, GPT2_VOCAB_SIZE), |(row, _, id)| {
+                f32::from(self.script[row].get(at) == Some(&(id as i64)))
+            }))
+        }
+    }
+
+    fn config() -> GptConfig {
+        GptConfig {
+            vocab_size: GPT2_VOCAB_SIZE,
+            context_length: 32,
+            emb_dim: 8,
+            n_heads: 2,
+            n_layers: 1,
+            drop_rate: 0.0,
+            qkv_bias: false,
+        }
+    }
+
+    /// Runs `script` greedily on one prompt per row; returns the completions and, per row, the
+    /// texts its `Token` events carried.
+    fn run(
+        script: Vec<Vec<i64>>,
+        settings: GenerationSettings,
+    ) -> (Vec<Completion>, Vec<Vec<String>>) {
+        let rows = script.len();
+        let mut runtime = Scripted { script, step: 0 };
+        let mut session = Session::new(&mut runtime, &config(), settings).unwrap();
+        let prompts = session.encode(&vec![Prompt::Text("Hi".into()); rows], false).unwrap();
+        let mut events = vec![Vec::new(); rows];
+        let (completions, stats) = session
+            .run(&prompts, |event| {
+                if let Event::Token { row, text, .. } = event {
+                    events[row].push(text.to_string());
+                }
+                Ok(())
+            })
+            .unwrap();
+        let emitted: usize = events.iter().map(Vec::len).sum();
+        assert_eq!(stats.new_tokens, emitted);
+        (completions, events)
+    }
+
+    fn ids(text: &str) -> Vec<i64> {
+        Tokenizer::gpt2().encode(text)
+    }
+
+    fn settings(max_new_tokens: usize) -> GenerationSettings {
+        GenerationSettings { max_new_tokens, ..GenerationSettings::default() }
+    }
+
+    #[test]
+    fn a_stop_string_ends_its_row_and_is_cut_from_the_text() {
+        let script = vec![ids(" one. two three"), ids(" four five six")];
+        let stop = GenerationSettings { stop_strings: vec![".".into()], ..settings(3) };
+        let (rows, events) = run(script.clone(), stop);
+        // Row 0 stops at the token that completes the stop string; it is kept in the ids.
+        assert_eq!(rows[0].output_ids, ids(" one."));
+        assert_eq!(rows[0].new_text, " one");
+        assert_eq!(rows[0].text(), "Hi one");
+        assert_eq!(events[0].concat(), " one.");
+        // Row 1 never meets it and runs to its budget.
+        assert_eq!(rows[1].output_ids, script[1]);
+        assert_eq!(rows[1].new_text, " four five six");
+    }
+
+    #[test]
+    fn end_of_text_stops_a_row_only_when_asked() {
+        let mut script = ids(" end");
+        script.push(END_OF_TEXT);
+        script.extend(ids(" more"));
+        let stopping = GenerationSettings { stop_at_eos: true, ..settings(4) };
+        let (rows, events) = run(vec![script.clone()], stopping);
+        assert_eq!(rows[0].output_ids, ids(" end"));
+        assert_eq!(events[0], [" end"]);
+        let (rows, _) = run(vec![script.clone()], settings(3));
+        assert_eq!(rows[0].output_ids, script[..3]);
+        assert!(rows[0].new_text.contains("<|endoftext|>"));
+        // Sampling stops at end-of-text by default, greedy decoding does not.
+        assert!(!settings(1).eos_by_default(None).stop_at_eos);
+        let sampling = GenerationSettings {
+            sampling: SamplingConfig { temperature: 1.0, ..SamplingConfig::default() },
+            ..settings(1)
+        };
+        assert!(sampling.clone().eos_by_default(None).stop_at_eos);
+        assert!(!sampling.eos_by_default(Some(false)).stop_at_eos);
+    }
+
+    #[test]
+    fn streamed_text_holds_back_a_split_character_until_it_is_whole() {
+        let tokenizer = Tokenizer::gpt2();
+        let byte_token = |byte: u8| -> i64 {
+            (0..GPT2_VOCAB_SIZE as i64)
+                .find(|&id| tokenizer.decode_bytes(&[id]).unwrap() == [byte])
+                .unwrap()
+        };
+        // "€" is E2 82 AC: three single-byte tokens, then a lone E2 that never completes.
+        let euro: Vec<i64> = [0xe2, 0x82, 0xac, 0xe2].map(byte_token).to_vec();
+        let (rows, events) = run(vec![euro], settings(4));
+        assert_eq!(events[0], ["", "", "€", ""]);
+        assert_eq!(rows[0].unstreamed, "\u{fffd}");
+        assert_eq!(rows[0].new_text, "€\u{fffd}");
+    }
+
+    #[test]
+    fn prompts_are_checked_before_anything_runs() {
+        assert!(check_prompts(&[]).is_err());
+        let empty = check_prompts(&[Prompt::Text("a".into()), Prompt::Text(String::new())]);
+        assert!(empty.unwrap_err().to_string().contains("prompt 2 is empty"));
+        let mut runtime = Scripted { script: vec![], step: 0 };
+        let session = Session::new(&mut runtime, &config(), settings(1)).unwrap();
+        let outside = session.encode(&[Prompt::Ids(vec![1, 50257])], false).unwrap_err();
+        assert!(outside.to_string().contains("token 50257"), "{outside}");
+        let special = session.encode(&[Prompt::Text("<|endoftext|>".into())], true).unwrap();
+        assert_eq!(special, [[END_OF_TEXT]]);
+        assert!(Session::new(&mut runtime, &config(), settings(0)).is_err());
+    }
+}
