@@ -176,7 +176,9 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
             "a prefill of {n} tokens is longer than the model's context ({ctx})"
         )));
     }
-    memory::check_weights_fit(count.total() as u64 * plan.precision.bytes() as u64)?;
+    let longest = plan.prefill.iter().copied().max().unwrap_or(0).max(16 + plan.new_tokens);
+    let run = memory::run_bytes(config, plan.precision, 1, longest);
+    memory::check_fits(memory::model_bytes(config, plan.precision).saturating_add(run))?;
 
     let start = Instant::now();
     let options = GraphOptions {

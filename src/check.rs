@@ -114,6 +114,17 @@ fn compare(
 /// against what tract's shape analysis infers from the inputs alone. Returns the variant.
 pub fn check_model(path: &Path, model: &ModelProto, config: &GptConfig) -> Result<GraphOptions> {
     let graph = model.graph.as_ref().ok_or_else(|| Error::Model("the file has no graph".into()))?;
+    // ONNX Runtime refuses versions it does not know; gptc writes exactly these.
+    let opset = model.opset_import.iter().find(|o| o.domain.is_empty()).map(|o| o.version);
+    if opset != Some(gptc_graph::gpt2::OPSET) || model.ir_version != gptc_graph::gpt2::IR_VERSION {
+        return Err(Error::Model(format!(
+            "the file declares IR version {} and opset {}; gptc's graph is IR version {} with opset {}",
+            model.ir_version,
+            opset.map_or("none".to_string(), |v| v.to_string()),
+            gptc_graph::gpt2::IR_VERSION,
+            gptc_graph::gpt2::OPSET
+        )));
+    }
     let options = model_options(model)?;
     let (expected_inputs, expected_outputs) = io_signature(config, options);
     let declared_inputs = graph.input.iter().map(from_declared).collect::<Result<Vec<_>>>()?;

@@ -71,7 +71,7 @@ pub enum Error {
     /// A bare `.safetensors` file, and no config saying which model it holds.
     #[error("{} is a bare .safetensors file: say which model it holds (a preset or a config)", .0.display())]
     CheckpointNeedsConfig(PathBuf),
-    #[error("the model needs about {:.1} GB of memory to load and this machine has {:.1} GB available", *.needed as f64 / 1e9, *.available as f64 / 1e9)]
+    #[error("this needs about {:.1} GB of memory and this machine has {:.1} GB available", *.needed as f64 / 1e9, *.available as f64 / 1e9)]
     OutOfMemory { needed: u64, available: u64 },
     /// A file that could not be read or written (the OS error is in the message, not a source,
     /// so a chained report says it once).

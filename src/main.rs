@@ -9,20 +9,18 @@ use cli::args::{Cli, Command};
 use cli::commands;
 
 fn main() {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            // clap's first line says what is wrong; the usage it appends is for --help.
-            let message = e.to_string();
-            let first = message.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{}", first.trim());
-            std::process::exit(2);
-        }
-    };
+    // A usage error gets clap's whole message (what is wrong, what was expected, the usage
+    // line) and exit code 2; --help and --version exit 0.
+    let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
     // Panics are caught where a dependency may raise them on bad input (tract on malformed
     // models) and reported as errors; any other is a bug, reported below in one line.
     std::panic::set_hook(Box::new(|_| {}));
+    // Ctrl-C, SIGTERM or SIGHUP in the middle of an export (or a bench, or staging a large
+    // model) leaves no temporary file behind. 128 + SIGINT, as shells report an interrupt.
+    let _ = ctrlc::set_handler(|| {
+        gptc_graph::file::remove_temporaries();
+        std::process::exit(130);
+    });
     let run = std::panic::catch_unwind(|| match cli.command {
         Command::Export(args) => commands::export(args),
         Command::Generate(args) => commands::generate(args),

@@ -67,8 +67,7 @@ impl ConfigSpec {
     pub fn resolve(&self) -> Result<GptConfig> {
         let mut config = match &self.file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| Error::File { path: path.clone(), error: source })?;
+                let text = gptc_graph::file::read_text_input(path)?;
                 GptConfig::from_json(&text)
                     .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
             }
@@ -79,8 +78,9 @@ impl ConfigSpec {
         Ok(config)
     }
 
-    /// The config of a model file: the one it stores, else the one given here. A config given
-    /// here wins over a stored one only when `given_wins` (`check` holds a file to a config).
+    /// The config of a model file: the one it stores, else the one given here. With
+    /// `given_wins` (`check` holds a file to a config) a given config replaces the stored one;
+    /// without, giving one for a file that stores its own is refused, not silently ignored.
     pub fn for_model_file(
         &self,
         stored: Option<GptConfig>,
@@ -88,9 +88,14 @@ impl ConfigSpec {
         given_wins: bool,
     ) -> Result<GptConfig> {
         match stored {
-            Some(stored) if !(given_wins && self.is_given()) => Ok(stored),
-            _ if self.is_given() => self.resolve(),
-            _ => Err(Error::NoConfig(path.to_path_buf())),
+            Some(_) if given_wins && self.is_given() => self.resolve(),
+            Some(_) if self.is_given() => Err(Error::Usage(format!(
+                "{} stores its own config: a preset, a config file or config fields given with it would be ignored",
+                path.display()
+            ))),
+            Some(stored) => Ok(stored),
+            None if self.is_given() => self.resolve(),
+            None => Err(Error::NoConfig(path.to_path_buf())),
         }
     }
 }
@@ -142,9 +147,15 @@ pub fn compile(
         Progress::bytes("building the model", bytes as u64)
     };
     let path = match weights {
+        Weights::Checkpoint(path) if !path.exists() => {
+            return Err(Error::File {
+                path: path.clone(),
+                error: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+        }
         Weights::Random { seed } => {
             let config = spec.resolve()?;
-            memory::check_weights_fit(ParameterCount::of(&config).total() as u64 * 4)?;
+            memory::check_fits(memory::model_bytes(&config, options.precision))?;
             let progress = building(&config, options);
             let mut source = Reporting {
                 source: &mut RandomInit { seed: *seed },
@@ -163,12 +174,17 @@ pub fn compile(
                 path.display()
             )));
         }
+        memory::check_fits(memory::model_bytes(
+            &checkpoint::hf_config(&path.join("config.json"))?,
+            options.precision,
+        ))?;
         checkpoint::read_hf_dir(path)?
     } else {
         if !spec.is_given() {
             return Err(Error::CheckpointNeedsConfig(path.clone()));
         }
         let config = spec.resolve()?;
+        memory::check_fits(memory::model_bytes(&config, options.precision))?;
         let tensors = checkpoint::read_safetensors(std::slice::from_ref(path), &config)?;
         (config, checkpoint::Checkpoint::new(tensors))
     };

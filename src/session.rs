@@ -4,14 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use gptc_graph::GptConfig;
+use gptc_graph::{GptConfig, Precision};
 
 use crate::generate::{generate, Next};
 use crate::runtime::Runtime;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::stream::Utf8Stream;
 use crate::tokenizer::{Tokenizer, END_OF_TEXT, GPT2_VOCAB_SIZE};
-use crate::{Error, Result};
+use crate::{memory, Error, Result};
 
 /// How to generate.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +51,12 @@ impl GenerationSettings {
             return Err(Error::Setting {
                 setting: "max-new-tokens",
                 problem: "must be at least 1".into(),
+            });
+        }
+        if self.stop_strings.iter().any(String::is_empty) {
+            return Err(Error::Setting {
+                setting: "stop",
+                problem: "is empty: an empty string would stop every row at once".into(),
             });
         }
         self.sampling.validate()
@@ -200,6 +206,11 @@ impl<'r> Session<'r> {
         mut on_event: impl FnMut(Event) -> Result<()>,
     ) -> Result<(Vec<Completion>, Stats)> {
         let context = self.config.context_length;
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let positions = longest.saturating_add(self.settings.max_new_tokens);
+        // Float32 activations and cache: the most any of gptc's models needs.
+        let run = memory::run_bytes(&self.config, Precision::F32, prompts.len(), positions);
+        memory::check_fits(run)?;
         for (row, prompt) in prompts.iter().enumerate() {
             if prompt.len() > context {
                 on_event(Event::Cropped { row, tokens: prompt.len(), context })?;
@@ -229,9 +240,22 @@ impl<'r> Session<'r> {
         let start = Instant::now();
         let mut first_token_at = None;
         let mut new_tokens = 0usize;
-        let outputs =
-            generate(*runtime, prompts, settings.max_new_tokens, context, |row, logits| {
+        let mut rows_done = vec![0usize; prompts.len()];
+        let outputs = generate(
+            *runtime,
+            prompts,
+            settings.max_new_tokens,
+            context,
+            |row, logits| {
                 first_token_at.get_or_insert_with(|| start.elapsed());
+                if logits.iter().any(|x| !x.is_finite()) {
+                    return Err(Error::Model(format!(
+                    "the model's logits for prompt {} at new token {} are not finite (NaN or infinity)",
+                    row + 1,
+                    rows_done[row] + 1
+                )));
+                }
+                rows_done[row] += 1;
                 if settings.keep_logits {
                     rows[row].step_logits.push(logits.to_vec());
                 }
@@ -249,7 +273,8 @@ impl<'r> Session<'r> {
                 let stopped = settings.stop_strings.iter().any(|s| text.contains(s.as_str()));
                 on_event(Event::Token { row, id, text: &piece })?;
                 Ok(if stopped { Next::Last(id) } else { Next::Token(id) })
-            })?;
+            },
+        )?;
         let elapsed = start.elapsed();
         for ((row, output_ids), stream) in rows.iter_mut().zip(outputs).zip(&mut streams) {
             row.output_ids = output_ids;

@@ -113,7 +113,10 @@ fn bad_input_gets_one_clear_error_line() {
     empty_prompt.extend(TINY);
     assert_clean_failure(&gptc(&empty_prompt), "prompt 1 is empty");
     assert_clean_failure(&gptc(&["generate"]), "no prompt");
-    assert_clean_failure(&gptc(&["frobnicate"]), "unrecognized");
+    // Usage errors are clap's whole message, with exit code 2.
+    let usage = gptc(&["frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+    assert!(stderr(&usage).contains("unrecognized") && !stderr(&usage).contains("panicked"));
 
     // A path under a regular file cannot be created, even by root.
     std::fs::write(d.join("file"), "x").unwrap();

@@ -58,6 +58,24 @@ proptest! {
     }
 
     #[test]
+    fn random_bytes_are_not_a_safetensors_checkpoint(
+        bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("random.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        let config = GptConfig::preset("gpt2-small").unwrap();
+        prop_assert!(gptc_graph::checkpoint::read_safetensors(&[path], &config).is_err());
+    }
+
+    #[test]
+    fn config_reader_takes_any_text(text in ".{0,200}") {
+        if let Ok(config) = GptConfig::from_json(&text) {
+            prop_assert!(config.validate().is_ok());
+        }
+    }
+
+    #[test]
     fn random_bytes_are_not_a_model(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let path = std::path::Path::new("random.onnx");
         let _ = file::decode_model(path, &bytes);
@@ -89,4 +107,35 @@ proptest! {
             let _ = file::float_initializers(&model);
         }
     }
+
+    /// A real checkpoint with bytes overwritten or cut: the reader answers, never panics.
+    #[test]
+    fn damaged_safetensors_never_panic(cut in 0usize..4000, flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let mut bytes = small_safetensors();
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        bytes.truncate(bytes.len().min(cut.max(1)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("damaged.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        let config = GptConfig { emb_dim: 8, n_heads: 2, ..GptConfig::preset("gpt2-small").unwrap() };
+        let _ = gptc_graph::checkpoint::read_safetensors(&[path], &config);
+    }
+}
+
+/// A safetensors file with a split attention matrix, a bias and an embedding row block.
+fn small_safetensors() -> Vec<u8> {
+    use safetensors::tensor::TensorView;
+    let values: Vec<u8> = (0..8 * 24).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
+    let c_attn = TensorView::new(safetensors::Dtype::F32, vec![8, 24], &values).unwrap();
+    let bias = TensorView::new(safetensors::Dtype::F32, vec![24], &values[..96]).unwrap();
+    let wpe = TensorView::new(safetensors::Dtype::F32, vec![4, 8], &values[..128]).unwrap();
+    let tensors = [
+        ("h.0.attn.c_attn.weight", c_attn),
+        ("h.0.attn.c_attn.bias", bias),
+        ("transformer.wpe.weight", wpe),
+    ];
+    safetensors::tensor::serialize(tensors, None).unwrap()
 }

@@ -303,5 +303,21 @@ fn bad_checkpoints_name_the_tensor() {
     serialize_to_file(views, None, &ckpt.join("model.safetensors")).unwrap();
     fails_with(export(&ckpt), "wpe.weight");
 
+    // Numbers that are not numbers are refused at import, by tensor.
+    let mut nan = hf_tensors(true, 1);
+    nan.get_mut("h.1.attn.c_proj.weight").unwrap().data[7] = f32::NAN;
+    write_checkpoint(&dir.path().join("nan"), &nan, "", 1);
+    fails_with(export(&dir.path().join("nan")), "h.1.attn.c_proj.weight");
+
+    // An index may not name shards outside the checkpoint's folder.
+    let escape = dir.path().join("escape");
+    write_checkpoint(&escape, &hf_tensors(true, 1), "", 2);
+    let index = escape.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(&index, text.replace("model-00002-of-00002", "../escape/model-00002-of-00002"))
+        .unwrap();
+    fails_with(export(&escape), "not a file in the checkpoint's folder");
+    fails_with(export(&dir.path().join("no-such-folder")), "no-such-folder");
+
     assert!(!onnx.exists(), "a failed export left a file");
 }

@@ -14,17 +14,13 @@ use crate::names;
 use crate::weights::{Init, NamedTensor, TensorMap, WeightSource};
 use crate::{Error, Result};
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.into(), error: source }
-}
-
 fn bad(name: &str, reason: impl Into<String>) -> Error {
     Error::Weight { name: name.into(), reason: reason.into() }
 }
 
 /// The model config of an HF GPT-2 `config.json`. GPT-2 checkpoints have q/k/v biases.
 pub fn hf_config(path: &Path) -> Result<GptConfig> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let text = crate::file::read_text_input(path)?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     let field = |key: &str| {
@@ -62,12 +58,13 @@ pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![single]);
     }
     let index = dir.join("model.safetensors.index.json");
-    let text = std::fs::read_to_string(&index).map_err(|_| {
-        Error::Config(format!(
+    if !index.exists() {
+        return Err(Error::Config(format!(
             "{}: neither model.safetensors nor model.safetensors.index.json",
             dir.display()
-        ))
-    })?;
+        )));
+    }
+    let text = crate::file::read_text_input(&index)?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Config(format!("{}: {e}", index.display())))?;
     let map = json
@@ -75,6 +72,19 @@ pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
         .and_then(serde_json::Value::as_object)
         .ok_or_else(|| Error::Config(format!("{}: no weight_map", index.display())))?;
     let files: BTreeSet<&str> = map.values().filter_map(serde_json::Value::as_str).collect();
+    // Shards live in the checkpoint's folder, as external data lives beside its model: an
+    // index may not reach elsewhere on the machine.
+    let inside = |f: &str| {
+        let components = Path::new(f).components();
+        !f.is_empty()
+            && components.into_iter().all(|c| matches!(c, std::path::Component::Normal(_)))
+    };
+    if let Some(outside) = files.iter().find(|f| !inside(f)) {
+        return Err(Error::Config(format!(
+            "{}: shard `{outside}` is not a file in the checkpoint's folder",
+            index.display()
+        )));
+    }
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
@@ -106,7 +116,7 @@ fn is_mask_buffer(name: &str) -> bool {
 pub fn read_safetensors(paths: &[PathBuf], config: &GptConfig) -> Result<TensorMap> {
     let mut map = BTreeMap::new();
     for path in paths {
-        let bytes = std::fs::read(path).map_err(io(path))?;
+        let bytes = crate::file::read_input(path, u64::MAX)?;
         let tensors = SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::NotSafetensors { path: path.clone(), reason: e.to_string() })?;
         for (key, view) in tensors.tensors() {
@@ -115,6 +125,9 @@ pub fn read_safetensors(paths: &[PathBuf], config: &GptConfig) -> Result<TensorM
                 continue;
             }
             let data = to_f32(&key, view.dtype(), view.data())?;
+            if data.iter().any(|x| !x.is_finite()) {
+                return Err(bad(&key, "holds NaN or infinite values"));
+            }
             let shape = view.shape().to_vec();
             if let Some(prefix) = name.strip_suffix(".attn.c_attn.weight") {
                 let e = config.emb_dim;

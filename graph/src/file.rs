@@ -9,7 +9,7 @@ use prost::Message;
 use crate::builder::Precision;
 use crate::config::GptConfig;
 use crate::gpt2::GraphOptions;
-use crate::names::meta;
+use crate::names::{self, meta};
 use crate::onnx::{
     DataLocation, DataType, GraphProto, ModelProto, StringStringEntryProto, TensorProto,
 };
@@ -20,32 +20,161 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+/// The most a small text input (a config, an index, a prompt file) may hold.
+pub const TEXT_LIMIT: u64 = 64 << 20;
+
+/// Reads a whole input file, refusing before reading anything that is not a regular file (a
+/// device, a FIFO, a folder: each could be endless) or that is larger than `limit` bytes.
+pub fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let io_err = |error| Error::Io { path: path.to_path_buf(), error };
+    let refuse = |why: String| io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    // Looked at before it is opened: opening a FIFO waits for a writer.
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    if meta.len() > limit {
+        return Err(refuse(format!(
+            "{} bytes, more than the {limit} this input can sensibly hold",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The size was checked; a file that grows while read is cut at the limit and refused.
+    Read::take(&mut file, limit.saturating_add(1)).read_to_end(&mut bytes).map_err(io_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(refuse(format!("grew past {limit} bytes while read")));
+    }
+    Ok(bytes)
+}
+
+/// As [`read_input`], as UTF-8 text.
+pub fn read_text_input(path: &Path) -> Result<String> {
+    String::from_utf8(read_input(path, TEXT_LIMIT)?).map_err(|_| Error::Io {
+        path: path.to_path_buf(),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+    })
+}
+
+/// Temporary files and folders that exist only while a write is in progress: a signal handler
+/// removes them (see [`remove_temporaries`]), so an interrupted export leaves nothing behind.
+static TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    TEMPORARIES.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Records a temporary path, to be removed by [`remove_temporaries`] if the process is stopped.
+pub fn register_temporary(path: &Path) {
+    temporaries().push(path.to_path_buf());
+}
+
+/// Forgets a temporary path (it was renamed into place, or removed).
+pub fn unregister_temporary(path: &Path) {
+    temporaries().retain(|p| p != path);
+}
+
+/// Removes every registered temporary file or folder: for a signal handler, before exiting.
+pub fn remove_temporaries() {
+    for path in temporaries().drain(..) {
+        let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+    }
+}
+
+/// Where a write to `path` lands, checked before any work is done: a new path, or an existing
+/// regular file; a symlink is followed, so its target is replaced (in the target's folder) and
+/// the link stays. Devices, folders, FIFOs and the like are refused.
+pub fn output_target(path: &Path) -> Result<PathBuf> {
+    let refuse = |why: &str| Error::Io {
+        path: path.to_path_buf(),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()),
+    };
+    let mut target = path.to_path_buf();
+    // A chain of links, each resolved against the folder it lives in.
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let link = std::fs::read_link(&target)
+                    .map_err(|error| Error::Io { path: target.clone(), error })?;
+                target = target.parent().unwrap_or(Path::new("")).join(link);
+            }
+            Ok(meta) if meta.is_file() => return Ok(target),
+            Ok(_) => {
+                return Err(refuse("exists and is not a regular file: gptc replaces only files"))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if target.file_name().is_none() {
+                    return Err(refuse("not a file path"));
+                }
+                return Ok(target);
+            }
+            Err(error) => return Err(Error::Io { path: target, error }),
+        }
+    }
+    Err(refuse("too many levels of symbolic links"))
+}
+
+/// A file being written beside its target, under a hidden temporary name; [`Staged::commit`]
+/// renames it over the target (keeping an existing target's permissions). Dropped uncommitted,
+/// it is removed, so a failed write never leaves a partial file under either name.
+pub struct Staged {
+    tmp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Writes `path`'s new contents with `fill` into the temporary file.
+    pub fn write(
+        path: &Path,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<Staged> {
+        let target = output_target(path)?;
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = target.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+        register_temporary(&tmp);
+        let staged = Staged { tmp, target, committed: false };
+        let io_err = |error| Error::Io { path: path.to_path_buf(), error };
+        let mut out =
+            BufWriter::with_capacity(1 << 20, std::fs::File::create(&staged.tmp).map_err(io_err)?);
+        fill(&mut out).map_err(io_err)?;
+        let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
+        if let Ok(meta) = std::fs::metadata(&staged.target) {
+            file.set_permissions(meta.permissions()).map_err(io_err)?;
+        }
+        Ok(staged)
+    }
+
+    /// Puts the new file in place.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.target)
+            .map_err(|error| Error::Io { path: self.target.clone(), error })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        unregister_temporary(&self.tmp);
+    }
+}
+
 /// Writes a file atomically: `fill` writes into a temporary file beside `path`, which is renamed
-/// over `path` only when everything was written. On any error the temporary file is removed, so
-/// a failed write never leaves a partial file under either name.
+/// over `path` only when everything was written (see [`Staged`]).
 pub fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
-    let io_err = |source| Error::Io { path: path.to_path_buf(), error: source };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| {
-        io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))
-    })?;
-    let tmp = dir.join(format!(".{}.tmp{}", file_name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-        fill(&mut out)?;
-        out.into_inner().map_err(|e| e.into_error())?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_err)
+    Staged::write(path, fill)?.commit()
 }
 
 /// Streams the encoding of `model` to `out` without building it in memory first: the graph's
@@ -196,13 +325,17 @@ pub fn write_model_observed(
         write_atomically(path, |out| encode_to(model, &mut Observed { out, written }))?;
         return Ok(None);
     }
+    let path = &output_target(path)?;
     let data = data_path(path);
     let location = data.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let (stub, placed) = externalize(model, &location);
     if stub.encoded_len() > PROTOBUF_LIMIT {
         return Err(Error::Config("the graph alone is over protobuf's 2 GiB limit".into()));
     }
-    write_atomically(&data, |out| {
+    // Both files are complete before either replaces an old one, so an old pair stays whole
+    // and loadable if anything fails; the data goes first, so a model never names data that is
+    // not there.
+    let staged_data = Staged::write(&data, |out| {
         let out = &mut Observed { out, written };
         let mut written = 0u64;
         for (tensor, offset) in &placed {
@@ -212,11 +345,10 @@ pub fn write_model_observed(
         }
         Ok(())
     })?;
-    let model_written = write_atomically(path, |out| out.write_all(&stub.encode_to_vec()));
-    if model_written.is_err() {
-        let _ = std::fs::remove_file(&data);
-    }
-    model_written.map(|()| Some(data))
+    let staged_model = Staged::write(path, |out| out.write_all(&stub.encode_to_vec()))?;
+    staged_data.commit()?;
+    staged_model.commit()?;
+    Ok(Some(data))
 }
 
 /// A writer that reports what passes through it.
@@ -325,6 +457,9 @@ pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<(
         }
         let data = dir.join(relative);
         let io_err = |source| Error::Io { path: data.clone(), error: source };
+        if !std::fs::metadata(&data).map_err(io_err)?.is_file() {
+            return Err(bad(format!("external data {} is not a regular file", data.display())));
+        }
         let mut file = std::fs::File::open(&data).map_err(io_err)?;
         let file_len = file.metadata().map_err(io_err)?.len();
         let length = length.unwrap_or(file_len.saturating_sub(offset));
@@ -348,8 +483,7 @@ pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<(
 
 /// The model at `path` as stored: external tensors are references, without their values.
 pub fn read_model(path: &Path) -> Result<ModelProto> {
-    let bytes =
-        std::fs::read(path).map_err(|source| Error::Io { path: path.into(), error: source })?;
+    let bytes = read_input(path, u64::MAX)?;
     decode_model(path, &bytes)
 }
 
@@ -477,8 +611,65 @@ struct GraphHeader {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct TensorLocation {
+    #[prost(int64, repeated, tag = "1")]
+    dims: Vec<i64>,
+    #[prost(int32, tag = "2")]
+    data_type: i32,
+    // The value fields as their encoded bytes: packed numbers and raw data are all
+    // length-delimited, and decoded from `Bytes` they are slices of the file, not copies.
+    #[prost(bytes = "bytes", tag = "4")]
+    float_data: prost::bytes::Bytes,
+    #[prost(bytes = "bytes", tag = "5")]
+    int32_data: prost::bytes::Bytes,
+    #[prost(bytes = "bytes", tag = "7")]
+    int64_data: prost::bytes::Bytes,
+    #[prost(string, tag = "8")]
+    name: String,
+    #[prost(bytes = "bytes", tag = "9")]
+    raw_data: prost::bytes::Bytes,
     #[prost(enumeration = "DataLocation", tag = "14")]
     data_location: i32,
+}
+
+impl TensorLocation {
+    /// Checks that the tensor holds as many values as its dims say (runtimes index by the dims;
+    /// a short tensor made tract fail with "out of bounds indexing", naming nothing).
+    fn check_size(&self) -> Result<()> {
+        if self.data_location == DataLocation::External as i32 {
+            return Ok(());
+        }
+        let bad = |reason: String| Error::Weight { name: self.name.clone(), reason };
+        if self.dims.iter().any(|&d| d < 0) {
+            return Err(bad(format!("negative dims {:?}", self.dims)));
+        }
+        let wanted = self.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let varints = |b: &[u8]| b.iter().filter(|&&byte| byte < 0x80).count() as u64;
+        let element_bytes = match DataType::try_from(self.data_type) {
+            Ok(DataType::Float | DataType::Int32) => 4,
+            Ok(DataType::Float16) => 2,
+            Ok(DataType::Int64) => 8,
+            Ok(DataType::Bool | DataType::Uint8 | DataType::Int8) => 1,
+            _ => return Ok(()),
+        };
+        let whole = |bytes: usize, size: u64| {
+            let bytes = bytes as u64;
+            bytes.is_multiple_of(size).then_some(bytes / size)
+        };
+        let held = if !self.raw_data.is_empty() {
+            whole(self.raw_data.len(), element_bytes)
+        } else if !self.float_data.is_empty() {
+            whole(self.float_data.len(), 4)
+        } else if !self.int64_data.is_empty() {
+            Some(varints(&self.int64_data))
+        } else {
+            Some(varints(&self.int32_data))
+        };
+        match (wanted, held) {
+            (Some(wanted), Some(held)) if wanted == held => Ok(()),
+            (_, Some(held)) => Err(bad(format!("holds {held} values for dims {:?}", self.dims))),
+            _ => Err(bad(format!("its data is not whole values for dims {:?}", self.dims))),
+        }
+    }
 }
 
 /// What a model file says of itself, read without decoding its weights.
@@ -489,11 +680,45 @@ pub struct StoredHeader {
     /// Whether some tensor's values are in external data (so runtimes must load the file by
     /// path, to find them beside it).
     pub external_data: bool,
+    /// The dims of the tables whose sizes the config sets: the embeddings and the causal table.
+    pub tables: Vec<(String, Vec<i64>)>,
+}
+
+impl StoredHeader {
+    /// Checks that the model's tables are as large as `config` says, so that no position or
+    /// token the config allows indexes past them at run time.
+    pub fn check_tables(&self, config: &GptConfig) -> Result<()> {
+        let (vocab, ctx, emb) =
+            (config.vocab_size as i64, config.context_length as i64, config.emb_dim as i64);
+        let expected = [
+            (names::TOKEN_EMBEDDING, vec![vocab, emb]),
+            (names::POSITION_EMBEDDING, vec![ctx, emb]),
+            (names::CAUSAL_MASK, vec![1, 1, ctx, ctx]),
+        ];
+        for (name, dims) in &self.tables {
+            let Some((_, wanted)) = expected.iter().find(|(n, _)| n == name) else { continue };
+            if dims != wanted {
+                return Err(Error::Config(format!(
+                    "the model's `{name}` is {dims:?}, but its config (context {ctx}, vocabulary {vocab}, emb {emb}) needs {wanted:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn stored_header_of_bytes(path: &Path, bytes: &[u8]) -> Result<StoredHeader> {
+    stored_header(path, prost::bytes::Bytes::copy_from_slice(bytes))
+}
+
+/// As [`stored_header_of_bytes`], reading the file's bytes in place (no tensor is copied), and
+/// checking that every tensor stored in the file holds as many values as its dims say.
+pub fn stored_header(path: &Path, bytes: prost::bytes::Bytes) -> Result<StoredHeader> {
     let not_onnx = |reason: String| Error::NotOnnx { path: path.into(), reason };
     let header = ModelHeader::decode(bytes).map_err(|e| not_onnx(e.to_string()))?;
+    for tensor in header.graph.iter().flat_map(|g| &g.initializer) {
+        tensor.check_size()?;
+    }
     if header.opset_import.is_empty() {
         return Err(not_onnx("no opset".into()));
     }
@@ -503,7 +728,15 @@ pub fn stored_header_of_bytes(path: &Path, bytes: &[u8]) -> Result<StoredHeader>
         .iter()
         .flat_map(|g| &g.initializer)
         .any(|t| t.data_location == DataLocation::External as i32);
-    Ok(StoredHeader { config, external_data })
+    let sized = [names::TOKEN_EMBEDDING, names::POSITION_EMBEDDING, names::CAUSAL_MASK];
+    let tables = header
+        .graph
+        .iter()
+        .flat_map(|g| &g.initializer)
+        .filter(|t| sized.contains(&t.name.as_str()))
+        .map(|t| (t.name.clone(), t.dims.clone()))
+        .collect();
+    Ok(StoredHeader { config, external_data, tables })
 }
 
 #[cfg(test)]
@@ -549,7 +782,7 @@ mod tests {
             .filter(|t| t.data_location == DataLocation::External as i32)
             .collect();
         // wte [50, 8] is 1600 bytes: out; the biases [8] are 32 bytes: in.
-        assert!(external.iter().any(|t| t.name == crate::names::TOKEN_EMBEDDING));
+        assert!(external.iter().any(|t| t.name == names::TOKEN_EMBEDDING));
         assert!(!external.iter().any(|t| t.name.ends_with(".bias")));
         for t in &external {
             assert!(t.float_data.is_empty() && t.raw_data.is_empty());
@@ -587,6 +820,19 @@ mod tests {
         std::fs::remove_file(&data).unwrap();
         let err = read_model_with_data(&path).unwrap_err().to_string();
         assert!(err.contains("m.onnx.data"), "{err}");
+    }
+
+    #[test]
+    fn inputs_are_read_whole_within_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, "0123456789").unwrap();
+        assert_eq!(read_input(&path, u64::MAX).unwrap(), b"0123456789");
+        assert_eq!(read_input(&path, 10).unwrap().len(), 10);
+        let err = read_input(&path, 9).unwrap_err().to_string();
+        assert!(err.contains("more than the 9"), "{err}");
+        let err = read_input(dir.path(), 100).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -128,7 +128,13 @@ pub enum Dtype {
 
 impl DtypeArg {
     pub fn precision(self) -> Precision {
-        match self.dtype {
+        self.dtype.precision()
+    }
+}
+
+impl Dtype {
+    pub fn precision(self) -> Precision {
+        match self {
             Dtype::F32 => Precision::F32,
             Dtype::F16 => Precision::F16,
         }
@@ -212,15 +218,15 @@ pub struct GenerateArgs {
     pub weights: Option<PathBuf>,
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// Seed of the random init when compiling in memory.
-    #[arg(long, default_value_t = 123)]
-    pub init_seed: u64,
+    /// Seed of the random init when compiling in memory [default: 123].
+    #[arg(long, conflicts_with = "model")]
+    pub init_seed: Option<u64>,
     /// Compile in memory without the KV cache (every token re-runs the whole window).
     #[arg(long, conflicts_with = "model")]
     pub no_kv_cache: bool,
-    /// When compiling in memory.
-    #[command(flatten)]
-    pub dtype: DtypeArg,
+    /// Type of weights, activations and KV cache when compiling in memory [default: f32].
+    #[arg(long, value_enum, conflicts_with = "model")]
+    pub dtype: Option<Dtype>,
     #[arg(long, value_enum, default_value = "tract")]
     pub runtime: RuntimeArg,
     /// Where ONNX Runtime runs (`--runtime ort` only).

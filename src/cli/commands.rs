@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use gptc::bench::{self, BenchPlan};
 use gptc::model::compile;
@@ -12,12 +12,17 @@ use gptc::runtime::{load, ModelSource, RuntimeKind};
 use gptc::session::{Event, GenerationSettings, Prompt, Session};
 use gptc::{inspect, memory};
 use gptc_graph::file::{self, WeightLayout};
-use gptc_graph::GraphOptions;
+use gptc_graph::{GraphOptions, Precision};
 
 use super::args::{weights, BenchArgs, CheckArgs, ExportArgs, GenerateArgs, InspectArgs};
 
 pub fn export(args: ExportArgs) -> Result<()> {
     let start = Instant::now();
+    // A path that cannot take the file is refused before any work.
+    let target = file::output_target(&args.output)?;
+    if args.external_data {
+        file::output_target(&file::data_path(&target))?;
+    }
     let weights = weights(args.weights.as_ref(), args.seed);
     let compiled = compile(&args.model.spec(), &weights, args.graph.options())?;
     let layout = if args.external_data { WeightLayout::External } else { WeightLayout::Auto };
@@ -57,8 +62,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     settings.validate()?;
     let mut texts = args.prompts.clone();
     if let Some(path) = &args.prompt_file {
-        let content =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let content = file::read_text_input(path)?;
         texts.extend(content.lines().filter(|l| !l.trim().is_empty()).map(String::from));
     }
     if args.ids.is_none() && texts.is_empty() {
@@ -78,10 +82,10 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         kv_cache: !args.no_kv_cache,
         last_token_logits: true,
         tie_weights: false,
-        precision: args.dtype.precision(),
+        precision: args.dtype.map_or(Precision::F32, |d| d.precision()),
     };
     let spec = args.config.spec();
-    let weights = weights(args.weights.as_ref(), args.init_seed);
+    let weights = weights(args.weights.as_ref(), args.init_seed.unwrap_or(123));
     let source = match &args.model {
         Some(path) => ModelSource::File { path, config: &spec },
         None => ModelSource::Compile { config: &spec, weights: &weights, options },
@@ -175,8 +179,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         out.push_str(&inspect::config_line(&config));
         out.push_str(&inspect::parameter_table(&config));
     }
-    print!("{out}");
-    Ok(())
+    write_out(&out)
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -196,29 +199,37 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         ort: args.ort.then(|| args.device.device()),
     };
     let report = bench::run(&plan)?;
-    print!("{report}");
+    write_out(&report.to_string())?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        write_out(&format!("{}\n", serde_json::to_string(&report)?))?;
     }
     Ok(())
 }
 
 pub fn check(args: CheckArgs) -> Result<()> {
-    let bytes =
-        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let bytes = file::read_input(&args.model, u64::MAX)?;
+    let header = file::stored_header_of_bytes(&args.model, &bytes)?;
     let model = file::decode_model(&args.model, &bytes)?;
-    print!("{}", inspect::file_report(&model));
+    write_out(&inspect::file_report(&model))?;
     let stored = file::stored_config(&model).transpose()?;
     let config = args.config.spec().for_model_file(stored, &args.model, true)?;
+    header.check_tables(&config)?;
     let options = gptc::check::check_model(&args.model, &model, &config)?;
-    println!(
-        "ok: inputs and outputs match the config ({}) and tract's shape analysis",
-        match (options.kv_cache, options.last_token_logits) {
-            (false, false) => "plain graph",
-            (false, true) => "plain graph, last-token logits",
-            (true, false) => "KV cache",
-            (true, true) => "KV cache, last-token logits",
-        }
-    );
+    let variant = match (options.kv_cache, options.last_token_logits) {
+        (false, false) => "plain graph",
+        (false, true) => "plain graph, last-token logits",
+        (true, false) => "KV cache",
+        (true, true) => "KV cache, last-token logits",
+    };
+    write_out(&format!(
+        "ok: inputs and outputs match the config ({variant}) and tract's shape analysis\n"
+    ))
+}
+
+/// Writes to stdout, returning its errors (`print!` panics on a closed pipe; an error here ends
+/// gptc quietly when the reader has gone).
+fn write_out(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(gptc::Error::Io)?;
     Ok(())
 }

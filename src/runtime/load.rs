@@ -77,10 +77,16 @@ fn load_file(path: &Path, spec: &ConfigSpec, kind: RuntimeKind) -> Result<Loaded
     let file_error = |source| Error::File { path: path.to_path_buf(), error: source };
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len());
     let model_size = size(path).map_err(file_error)?;
-    memory::check_weights_fit(model_size + size(&file::data_path(path)).unwrap_or(0))?;
-    let bytes = std::fs::read(path).map_err(file_error)?;
-    let header = file::stored_header_of_bytes(path, &bytes)?;
-    let config = spec.for_model_file(header.config, path, false)?;
+    let data = file::data_path(path);
+    if data.exists() && !data.is_file() {
+        let not_file = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+        return Err(Error::File { path: data, error: not_file });
+    }
+    memory::check_fits(memory::LOAD_FACTOR * (model_size + size(&data).unwrap_or(0)))?;
+    let bytes = prost::bytes::Bytes::from(file::read_input(path, u64::MAX)?);
+    let header = file::stored_header(path, bytes.clone())?;
+    let config = spec.for_model_file(header.config.clone(), path, false)?;
+    header.check_tables(&config)?;
     // The file was read once: a self-contained one loads from those bytes; one with external
     // data loads by path, so the runtime finds its data beside it.
     if header.external_data {
@@ -130,14 +136,17 @@ pub(crate) struct StagingDir(pub PathBuf);
 impl StagingDir {
     pub(crate) fn new() -> Result<StagingDir> {
         let dir = std::env::temp_dir().join(format!("gptc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| Error::File { path: dir.clone(), error: source })?;
-        Ok(StagingDir(dir))
+        file::register_temporary(&dir);
+        let staging = StagingDir(dir);
+        std::fs::create_dir_all(&staging.0)
+            .map_err(|error| Error::File { path: staging.0.clone(), error })?;
+        Ok(staging)
     }
 }
 
 impl Drop for StagingDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        file::unregister_temporary(&self.0);
     }
 }

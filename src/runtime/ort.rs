@@ -70,7 +70,12 @@ fn environment() -> Result<Environment> {
             // Loading first: any ort call before a successful load would panic.
             let builder = ort::init_from(&library)
                 .map_err(|e| format!("loading {}: {e} ({INSTALL_HINT})", library.display()))?;
-            builder.with_name("gptc").build().map_err(|e| format!("ONNX Runtime: {e}"))
+            let environment =
+                builder.with_name("gptc").build().map_err(|e| format!("ONNX Runtime: {e}"))?;
+            // gptc reports every failure itself, in one line: ONNX Runtime's own log lines
+            // would come before it and say the same thing again.
+            environment.set_log_level(ort::logging::LogLevel::Fatal);
+            Ok(environment)
         })
         .clone()
         .map_err(Error::Runtime)

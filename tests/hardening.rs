@@ -1,0 +1,259 @@
+//! The failure classes found by attacking gptc, one test each: nothing clobbered, nothing
+//! unbounded, no panic, no silent non-numbers, one clear line. Each asserts the exit code, the
+//! message and the files left afterwards.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{assert_success, gptc, gptc_in, stderr};
+use gptc_graph::file::{self, WeightLayout};
+use gptc_graph::onnx::StringStringEntryProto;
+
+const TINY: [&str; 8] =
+    ["--emb-dim", "64", "--n-layers", "2", "--n-heads", "4", "--context-length", "64"];
+
+fn with_tiny<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend(TINY);
+    all
+}
+
+/// Exit 1, one stderr line holding `expect`, no panic.
+fn one_line_error(out: &std::process::Output, expect: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.contains(expect), "expected {expect:?} in {err}");
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn an_output_is_a_regular_file_or_a_new_path_and_links_are_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A private device node (the null device's numbers), never /dev/null itself.
+    let device = d.join("null");
+    let made = Command::new("mknod").arg(&device).args(["c", "1", "3"]).status().unwrap();
+    assert!(made.success(), "mknod needs root, as CI runs");
+    one_line_error(&gptc_in(d, &with_tiny(&["export", "-o", "null"])), "not a regular file");
+    assert!(!std::fs::metadata(&device).unwrap().is_file(), "the device was replaced");
+    one_line_error(&gptc_in(d, &with_tiny(&["export", "-o", "."])), "not a regular file");
+
+    // An existing file keeps its permissions; a link keeps pointing at its (new) target.
+    assert_success(&gptc_in(d, &with_tiny(&["export", "-o", "real.onnx"])));
+    std::fs::set_permissions(d.join("real.onnx"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("real.onnx", d.join("link.onnx")).unwrap();
+    let before = std::fs::read(d.join("real.onnx")).unwrap();
+    assert_success(&gptc_in(d, &with_tiny(&["export", "--seed", "9", "-o", "link.onnx"])));
+    assert!(std::fs::symlink_metadata(d.join("link.onnx")).unwrap().file_type().is_symlink());
+    assert_ne!(std::fs::read(d.join("real.onnx")).unwrap(), before, "the target was not written");
+    let mode = std::fs::metadata(d.join("real.onnx")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(names_in(d), ["link.onnx", "null", "real.onnx"]);
+}
+
+#[test]
+fn a_signal_during_an_external_data_export_leaves_the_old_pair_and_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_success(&gptc_in(d, &with_tiny(&["export", "--external-data", "-o", "m.onnx"])));
+    let old =
+        (std::fs::read(d.join("m.onnx")).unwrap(), std::fs::read(d.join("m.onnx.data")).unwrap());
+    // gpt2-small with 36 layers: 1.4 GB to build and write, seconds of work to interrupt.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gptc"))
+        .current_dir(d)
+        .args(["export", "--n-layers", "36", "--external-data", "-o", "m.onnx"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "the export was not interrupted by the signal");
+    assert_eq!(names_in(d), ["m.onnx", "m.onnx.data"], "a temporary file was left");
+    let now =
+        (std::fs::read(d.join("m.onnx")).unwrap(), std::fs::read(d.join("m.onnx.data")).unwrap());
+    assert!(now == old, "the old pair was changed");
+    assert_success(&gptc_in(d, &["generate", "hi", "--model", "m.onnx", "--max-new-tokens", "2"]));
+}
+
+#[test]
+fn memory_is_estimated_before_it_is_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A [context, context] causal table of 10^10 entries, on a tiny model.
+    let huge_context = ["--emb-dim", "64", "--n-heads", "4", "--n-layers", "1"];
+    let mut export = vec!["export", "--context-length", "100000", "-o", "m.onnx"];
+    export.extend(huge_context);
+    one_line_error(&gptc_in(d, &export), "GB of memory");
+    let mut generate = vec!["generate", "hi", "--context-length", "2000000"];
+    generate.extend(huge_context);
+    one_line_error(&gptc_in(d, &generate), "GB of memory");
+    // A batch: each row's logits alone are 200 kB.
+    std::fs::write(d.join("prompts.txt"), "hi\n".repeat(200_000)).unwrap();
+    let batch = gptc_in(d, &with_tiny(&["generate", "--prompt-file", "prompts.txt"]));
+    one_line_error(&batch, "GB of memory");
+    std::fs::remove_file(d.join("prompts.txt")).unwrap();
+    let mut bench = vec!["bench", "--n-layers", "1000000", "--prefill", "4"];
+    bench.extend(["--emb-dim", "64", "--n-heads", "4"]);
+    one_line_error(&gptc_in(d, &bench), "GB of memory");
+    assert!(names_in(d).is_empty(), "{:?}", names_in(d));
+}
+
+#[test]
+fn inputs_that_are_not_regular_files_are_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fifo = d.join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let fifo = fifo.to_str().unwrap();
+    one_line_error(&gptc(&with_tiny(&["generate", "--prompt-file", fifo])), "not a regular file");
+    one_line_error(&gptc(&["export", "--config", fifo, "-o", "x.onnx"]), "not a regular file");
+    one_line_error(&gptc(&["generate", "hi", "--model", fifo]), "not a regular file");
+    one_line_error(&gptc(&["check", fifo]), "not a regular file");
+    one_line_error(&gptc(&["inspect", "--model", fifo]), "not a regular file");
+    one_line_error(
+        &gptc(&["export", "--weights", fifo, "--preset", "gpt2-small", "-o", "x.onnx"]),
+        "not a regular file",
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    for args in [vec!["inspect", "--preset", "gpt2-small"], vec!["check", "MODEL"]] {
+        let dir = tempfile::tempdir().unwrap();
+        assert_success(&gptc_in(dir.path(), &with_tiny(&["export", "-o", "MODEL"])));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gptc"))
+            .current_dir(dir.path())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).is_empty(), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_config_larger_than_the_models_tables_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    assert_success(&gptc(&with_tiny(&["export", "-o", path.to_str().unwrap()])));
+    let mut model = file::read_model(&path).unwrap();
+    let config = model.metadata_props.iter_mut().find(|p| p.key == "gptc.config").unwrap();
+    config.value = config.value.replace("\"context_length\":64", "\"context_length\":128");
+    let tampered = dir.path().join("tampered.onnx");
+    file::write_model(&tampered, &model, WeightLayout::Auto).unwrap();
+    let out = gptc(&["generate", "hi", "--model", tampered.to_str().unwrap()]);
+    one_line_error(&out, "wpe.weight");
+
+    // Without metadata the config comes from flags, and is held to the same tables.
+    model.metadata_props.clear();
+    let bare = dir.path().join("bare.onnx");
+    file::write_model(&bare, &model, WeightLayout::Auto).unwrap();
+    let mut args = vec!["generate", "hi", "--model", bare.to_str().unwrap()];
+    args.extend(["--emb-dim", "64", "--n-layers", "2", "--n-heads", "4", "--context-length", "99"]);
+    one_line_error(&gptc(&args), "wpe.weight");
+}
+
+#[test]
+fn a_tensor_whose_data_does_not_fill_its_dims_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    assert_success(&gptc(&with_tiny(&["export", "-o", path.to_str().unwrap()])));
+    let mut model = file::read_model(&path).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let bias = graph.initializer.iter_mut().find(|t| t.name == "h.1.mlp.c_fc.bias").unwrap();
+    bias.float_data.truncate(10);
+    let short = dir.path().join("short.onnx");
+    file::write_model(&short, &model, WeightLayout::Auto).unwrap();
+    for args in [vec!["generate", "hi", "--model"], vec!["check"]] {
+        let mut args = args.clone();
+        args.push(short.to_str().unwrap());
+        one_line_error(&gptc(&args), "weight `h.1.mlp.c_fc.bias`: holds 10 values for dims [256]");
+    }
+}
+
+#[test]
+fn non_finite_logits_stop_generation_naming_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    assert_success(&gptc(&with_tiny(&["export", "-o", path.to_str().unwrap()])));
+    let mut model = file::read_model(&path).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let ln_f = graph.initializer.iter_mut().find(|t| t.name == "ln_f.weight").unwrap();
+    ln_f.float_data[0] = f32::NAN;
+    let broken = dir.path().join("nan.onnx");
+    file::write_model(&broken, &model, WeightLayout::Auto).unwrap();
+    for runtime in ["tract", "ort"] {
+        let out =
+            gptc(&["generate", "hi", "--model", broken.to_str().unwrap(), "--runtime", runtime]);
+        one_line_error(&out, "at new token 1 are not finite");
+    }
+}
+
+#[test]
+fn surprising_flags_are_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_success(&gptc_in(d, &with_tiny(&["export", "-o", "m.onnx"])));
+    one_line_error(&gptc_in(d, &with_tiny(&["generate", "hi", "--stop", ""])), "--stop");
+    // A model stores its config: config flags given with it would be ignored.
+    one_line_error(
+        &gptc_in(d, &["generate", "hi", "--model", "m.onnx", "--preset", "gpt2-small"]),
+        "stores its own config",
+    );
+    one_line_error(
+        &gptc_in(d, &["generate", "hi", "--model", "m.onnx", "--context-length", "32"]),
+        "stores its own config",
+    );
+    for flag in [["--dtype", "f16"], ["--init-seed", "7"]] {
+        let out = gptc_in(d, &["generate", "hi", "--model", "m.onnx", flag[0], flag[1]]);
+        assert_eq!(out.status.code(), Some(2), "{flag:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(flag[0]), "{}", stderr(&out));
+    }
+    let out = gptc_in(d, &with_tiny(&["bench", "--prefill", "65"]));
+    one_line_error(&out, "longer than the model's context");
+    // clap's whole message: what is missing, named.
+    let out = gptc_in(d, &with_tiny(&["export"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--output"), "{}", stderr(&out));
+
+    // Versions ONNX Runtime would refuse are refused by check.
+    let mut model = file::read_model(&d.join("m.onnx")).unwrap();
+    model.opset_import[0].version = 99;
+    model.metadata_props.push(StringStringEntryProto { key: "x".into(), value: "y".into() });
+    file::write_model(&d.join("opset.onnx"), &model, WeightLayout::Auto).unwrap();
+    one_line_error(&gptc_in(d, &["check", "opset.onnx"]), "opset 99");
+}
+
+#[test]
+fn onnx_runtime_failures_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_success(&gptc_in(d, &with_tiny(&["export", "-o", "m.onnx"])));
+    let mut model = file::read_model(&d.join("m.onnx")).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let matmul = graph.node.iter_mut().find(|n| n.op_type == "MatMul").unwrap();
+    matmul.op_type = "NoSuchOp".into();
+    file::write_model(&d.join("bad.onnx"), &model, WeightLayout::Auto).unwrap();
+    let out = gptc_in(d, &["generate", "hi", "--model", "bad.onnx", "--runtime", "ort"]);
+    one_line_error(&out, "ONNX Runtime");
+    assert!(!stderr(&out).contains("[E:onnxruntime"), "{}", stderr(&out));
+}
