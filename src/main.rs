@@ -3,6 +3,9 @@
 
 mod cli;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
+
 use clap::Parser;
 
 use cli::args::{Cli, Command};
@@ -44,6 +47,59 @@ fn main() {
         eprintln!("error: {}", message(&e));
         std::process::exit(1);
     }
+}
+
+/// The system allocator, except that a failed allocation ends gptc with one error line (exit 1)
+/// instead of Rust's abort with a backtrace. Commands estimate their memory before allocating;
+/// this is the net under those estimates.
+struct OneLineOnFailure;
+
+#[global_allocator]
+static ALLOCATOR: OneLineOnFailure = OneLineOnFailure;
+
+unsafe impl GlobalAlloc for OneLineOnFailure {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        checked(unsafe { System.alloc(layout) }, layout.size())
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        checked(unsafe { System.alloc_zeroed(layout) }, layout.size())
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        checked(unsafe { System.realloc(ptr, layout, new_size) }, new_size)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+fn checked(ptr: *mut u8, size: usize) -> *mut u8 {
+    if ptr.is_null() {
+        out_of_memory(size)
+    }
+    ptr
+}
+
+/// Says so without allocating (the digits go through a stack buffer) and exits.
+fn out_of_memory(size: usize) -> ! {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = size;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut stderr = std::io::stderr();
+    let _ = stderr.write_all(b"error: out of memory: an allocation of ");
+    let _ = stderr.write_all(&digits[at..]);
+    let _ = stderr.write_all(b" bytes failed; this needs more memory than the machine has\n");
+    std::process::exit(1)
 }
 
 fn broken_pipe(e: &anyhow::Error) -> bool {

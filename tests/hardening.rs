@@ -111,6 +111,20 @@ fn memory_is_estimated_before_it_is_allocated() {
     bench.extend(["--emb-dim", "64", "--n-heads", "4"]);
     one_line_error(&gptc_in(d, &bench), "GB of memory");
     assert!(names_in(d).is_empty(), "{:?}", names_in(d));
+
+    // Under the estimates, a real allocation failure (here an address-space limit of 900 MB,
+    // which MemAvailable does not see) is one line and exit 1, not an abort.
+    let limited = Command::new("bash")
+        .current_dir(d)
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 900000; exec {} export --preset gpt2-small -o m.onnx",
+            env!("CARGO_BIN_EXE_gptc")
+        ))
+        .output()
+        .unwrap();
+    one_line_error(&limited, "out of memory: an allocation of");
+    assert!(names_in(d).is_empty(), "{:?}", names_in(d));
 }
 
 #[test]
