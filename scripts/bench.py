@@ -1,7 +1,7 @@
 """The benchmark of record: gptc (tract and ort from Rust) and ONNX Runtime's own Python package
 on the same exported file, in one run, so ratios are taken on one machine state.
 
-usage: .venv/bin/python scripts/bench.py [extra gptc bench flags]   (run scripts/python-env.sh first)
+usage: .venv/bin/python scripts/bench.py [--int4] [extra gptc bench flags]   (run scripts/python-env.sh first)
 Needs ORT_DYLIB_PATH (scripts/python-env.sh prints it) for the Rust ort runtime.
 """
 
@@ -64,10 +64,10 @@ def python_ort(path, prefill_lengths, new_tokens):
     return {"runtime": "python-ort", "load_s": load_s, "prefill_ms": prefill_ms, "decode_tokens_per_s": decode}
 
 
-def main():
-    gptc = ROOT / "target" / "release" / "gptc"
+def bench_variant(gptc, flags):
+    """gptc bench (tract and ort from Rust) and python-ort on one exported file."""
     with tempfile.TemporaryDirectory() as work:
-        out = subprocess.run([str(gptc), "bench", "--ort", "--json", "--dir", work, *sys.argv[1:]],
+        out = subprocess.run([str(gptc), "bench", "--ort", "--json", "--dir", work, *flags],
                              capture_output=True, text=True, check=True).stdout
         lines = out.strip().splitlines()
         print("\n".join(lines[:-1]))
@@ -80,12 +80,35 @@ def main():
         print(f"{'python-ort':<10}  prefill {n:>5} tokens: {ms:8.1f} ms (median of 3)")
     print(f"{'python-ort':<10}  decode after 16 tokens, KV cache: {py['decode_tokens_per_s']:.1f} tokens/s")
     bound = summary["bandwidth_bound_tokens_per_s"]
-    print(f"\nratios in this run (bandwidth bound {bound:.1f} tokens/s):")
+    print(f"\nratios in this run ({summary['weights_read_per_token_mb']:.0f} MB read per token, "
+          f"bandwidth bound {bound:.1f} tokens/s):")
     for r in summary["runtimes"] + [py]:
         print(f"  {r['runtime']:<10} decode {r['decode_tokens_per_s']:6.1f} tokens/s = "
               f"{r['decode_tokens_per_s'] / py['decode_tokens_per_s']:.2f}x python-ort, "
               f"{r['decode_tokens_per_s'] / bound:.2f}x the bandwidth bound; prefill "
               + ", ".join(f"{n}: {ms / pms:.2f}x python-ort's time" for (n, ms), (_, pms) in zip(r["prefill_ms"], py["prefill_ms"])))
+    return {r["runtime"]: r["decode_tokens_per_s"] for r in summary["runtimes"] + [py]}
+
+
+def main():
+    """With --int4, the float32 file and the 4-bit one (gptc's default accuracy level) in one
+    run, and the int4/float32 decode ratio of each runtime."""
+    gptc = ROOT / "target" / "release" / "gptc"
+    flags = [a for a in sys.argv[1:] if a != "--int4"]
+    variants = [("float32", flags)]
+    if "--int4" in sys.argv[1:]:
+        variants.append(("int4", [*flags, "--quantize", "int4"]))
+    rates = {}
+    for name, variant_flags in variants:
+        print(f"== {name}")
+        rates[name] = bench_variant(gptc, variant_flags)
+    if "int4" in rates:
+        print("\nint4 against float32, decode, same run:")
+        for runtime, rate in rates["int4"].items():
+            print(f"  {runtime:<10} {rate:6.1f} vs {rates['float32'][runtime]:6.1f} tokens/s = "
+                  f"{rate / rates['float32'][runtime]:.2f}x")
+        print(f"  gptc ort int4 = {rates['int4']['ort-cpu'] / rates['int4']['python-ort']:.2f}x python-ort int4; "
+              f"tract int4 = {rates['int4']['tract'] / rates['int4']['ort-cpu']:.2f}x gptc ort int4")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Cross-check gptc's exports with clients no one here wrote: the `onnx` package's checker
 and shape inference, and ONNX Runtime's Python package.
 
-For every variant (plain, KV cache, last-token logits, external data, float16) of a tiny config
+For every variant (plain, KV cache, last-token logits, external data, float16, 4-bit weights) of a tiny config
 and of gpt2-small, and for a tiny Hugging Face checkpoint written here: export with gptc, run
 onnx.checker (full check) and strict shape inference, then generate greedily in Python ONNX
 Runtime from the same prompt ids and compare ids and every step's logits with what
@@ -33,7 +33,14 @@ VARIANTS = {
     "cache-last": ["--last-token-logits"],
     "cache-external": ["--external-data"],
     "cache-f16": ["--dtype", "f16"],
+    # 4-bit weights at accuracy level 0 (float32 compute): tract and ONNX Runtime alike.
+    "cache-int4-exact": ["--quantize", "int4", "--accuracy-level", "0"],
+    # gptc's default level 4 lets ONNX Runtime quantize activations to int8, which tract does
+    # not: only ONNX Runtime against itself (BENCHMARKS.md measures the difference).
+    "cache-int4": ["--quantize", "int4"],
 }
+# 4-bit logits: the same weights, summed in other orders by other kernels.
+INT4_TOLERANCE = 1e-3
 HF_CONFIG = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 64, "n_embd": 64,
              "n_layer": 2, "n_head": 4, "layer_norm_epsilon": 1e-5}
 
@@ -150,10 +157,10 @@ def numpy_gpt2_logits(w, ids):
     return norm(x, "ln_f")[-1] @ w["wte.weight"].T
 
 
-def compare(gptc, path, tolerance):
+def compare(gptc, path, tolerance, runtimes=("tract", "ort")):
     """gptc on tract and on ort against Python ONNX Runtime on the same file; returns the
     Python run's first-step logits."""
-    for runtime in ["tract", "ort"]:
+    for runtime in runtimes:
         printed = json.loads(run([gptc, "generate", PROMPT, "--model", str(path), "--json",
                                   "--with-logits", "--max-new-tokens", str(NEW_TOKENS),
                                   "--runtime", runtime]))
@@ -178,8 +185,11 @@ def main():
             path = work / f"{size}-{variant}.onnx"
             run([gptc, "export", "-o", str(path), *size_flags, *flags])
             check_file(path)
-            compare(gptc, path, F16_TOLERANCE if "f16" in variant else TOLERANCE)
-            checked += 2
+            tolerance = {"cache-f16": F16_TOLERANCE, "cache-int4-exact": INT4_TOLERANCE,
+                         "cache-int4": INT4_TOLERANCE}.get(variant, TOLERANCE)
+            runtimes = ("ort",) if variant == "cache-int4" else ("tract", "ort")
+            compare(gptc, path, tolerance, runtimes)
+            checked += len(runtimes)
             path.unlink()
             Path(f"{path}.data").unlink(missing_ok=True)
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use gptc_graph::file::{self, WeightLayout};
-use gptc_graph::{GptConfig, GraphOptions, ParameterCount, Precision, RandomInit};
+use gptc_graph::{GptConfig, GraphOptions, ParameterCount, Precision, Quantization, RandomInit};
 use ndarray::ArrayView1;
 
 use crate::generate::{generate, Next};
@@ -125,11 +125,35 @@ impl std::fmt::Display for RuntimeFigures {
     }
 }
 
+/// The bytes one decode step must read: every stored tensor once (4-bit blocks and their
+/// scales as stored), except the tables that are gathered from, of which one row each: the
+/// embeddings (unless the head multiplies by the token embedding) and the causal table.
+pub fn bytes_read_per_token(model: &gptc_graph::onnx::ModelProto) -> u64 {
+    use gptc_graph::names;
+    let Some(graph) = &model.graph else { return 0 };
+    let tied = !graph.initializer.iter().any(|t| t.name.starts_with(names::OUTPUT_HEAD));
+    graph
+        .initializer
+        .iter()
+        .map(|t| {
+            let bytes = file::tensor_byte_len(t) as u64;
+            let gathered = t.name == names::POSITION_EMBEDDING
+                || t.name == names::CAUSAL_MASK
+                || (t.name == names::TOKEN_EMBEDDING && !tied);
+            match (gathered, t.dims.first()) {
+                (true, Some(&rows)) if rows > 0 => bytes / rows as u64,
+                _ => bytes,
+            }
+        })
+        .sum()
+}
+
 /// What `gptc bench` measures.
 #[derive(Clone, Debug)]
 pub struct BenchPlan {
     pub config: GptConfig,
     pub precision: Precision,
+    pub quantization: Quantization,
     /// Prompt lengths whose prefill is timed (those over the context are refused).
     pub prefill: Vec<usize>,
     /// Tokens decoded with the KV cache.
@@ -186,8 +210,10 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
         last_token_logits: true,
         tie_weights: false,
         precision: plan.precision,
+        quantization: plan.quantization,
     };
     let model = gptc_graph::build_model(config, options, &mut RandomInit { seed: 123 }, Some(123))?;
+    let read_per_token = bytes_read_per_token(&model) as f64;
     let staging = match &plan.keep_in {
         Some(_) => None,
         None => Some(StagingDir::new()?),
@@ -236,10 +262,6 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
     }
 
     let bandwidth = read_bandwidth(1 << 30, 5);
-    // A decode step reads every matrix once; of the embeddings only one row each, unless the
-    // head is the token embedding itself.
-    let read_per_token = ((count.total() - count.token_embedding - count.position_embedding)
-        * plan.precision.bytes()) as f64;
     Ok(BenchReport {
         n_layers: config.n_layers,
         emb_dim: config.emb_dim,

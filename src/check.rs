@@ -2,7 +2,9 @@
 
 use gptc_graph::names::{self, InputRole};
 use gptc_graph::onnx::{DataType, Dim, ModelProto, ValueInfoProto};
-use gptc_graph::{file, io_signature, GptConfig, GraphOptions, Precision, TensorSignature};
+use gptc_graph::{
+    file, io_signature, GptConfig, GraphOptions, Precision, Quantization, TensorSignature,
+};
 
 use std::path::Path;
 
@@ -53,7 +55,12 @@ fn declared_options(model: &ModelProto) -> GraphOptions {
         .and_then(|t| DataType::try_from(t.data_type).ok())
         .and_then(Precision::of_data_type)
         .unwrap_or_default();
-    GraphOptions { kv_cache, last_token_logits, tie_weights, precision }
+    let quantization =
+        graph.node.iter().find(|n| n.op_type == "MatMulNBits").map_or(Quantization::None, |node| {
+            let level = node.attribute.iter().find(|a| a.name == "accuracy_level");
+            Quantization::Int4 { accuracy_level: level.map_or(0, |a| a.i as u8) }
+        });
+    GraphOptions { kv_cache, last_token_logits, tie_weights, precision, quantization }
 }
 
 fn from_signature(t: &TensorSignature) -> InferredTensor {

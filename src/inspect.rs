@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use gptc_graph::onnx::{DataType, Dim, ModelProto, TensorProto, ValueInfoProto};
-use gptc_graph::{GptConfig, ParameterCount};
+use gptc_graph::{names, GptConfig, ParameterCount};
 
 /// `1234567` -> `1,234,567`
 pub fn thousands(n: usize) -> String {
@@ -71,23 +71,74 @@ fn signature(v: &ValueInfoProto) -> String {
     }
 }
 
-/// The weights of a model: float initializers of rank >= 1 (scalars and int64 shapes are
-/// constants of the graph's logic).
-fn weight_tensors(model: &ModelProto) -> Vec<&TensorProto> {
+/// What a stored tensor is to the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// Weights in the float type.
+    Float,
+    /// 4-bit weights (`W_q4`): two a byte.
+    Int4,
+    /// The scales of 4-bit weights (`W_scales`): not parameters of the model.
+    Scales,
+}
+
+/// The weights of a model, and what each is: float initializers of rank >= 1 (scalars and
+/// int64 shapes are constants of the graph's logic) and 4-bit blocks.
+fn weight_tensors(model: &ModelProto) -> Vec<(&TensorProto, Part)> {
     let Some(graph) = &model.graph else { return Vec::new() };
+    let float = [DataType::Float as i32, DataType::Float16 as i32];
     graph
         .initializer
         .iter()
-        .filter(|t| {
-            let float = [DataType::Float as i32, DataType::Float16 as i32].contains(&t.data_type);
-            float && !t.dims.is_empty()
+        .filter_map(|t| {
+            let part = if t.name.ends_with(names::INT4_BLOCKS_SUFFIX) {
+                Part::Int4
+            } else if t.name.ends_with(names::INT4_SCALES_SUFFIX) {
+                Part::Scales
+            } else if float.contains(&t.data_type) && !t.dims.is_empty() {
+                Part::Float
+            } else {
+                return None;
+            };
+            Some((t, part))
         })
         .collect()
 }
 
-/// How many weight values a model stores.
+/// How many weights a tensor holds (a 4-bit byte holds two).
+fn values_of(t: &TensorProto, part: Part) -> usize {
+    let elements = t.dims.iter().product::<i64>() as usize;
+    if part == Part::Int4 {
+        2 * elements
+    } else {
+        elements
+    }
+}
+
+/// How many weight values (parameters) a model stores, 4-bit ones included, scales not.
 pub fn weight_values(model: &ModelProto) -> usize {
-    weight_tensors(model).iter().map(|t| t.dims.iter().product::<i64>() as usize).sum()
+    weight_tensors(model)
+        .iter()
+        .filter(|(_, part)| *part != Part::Scales)
+        .map(|(t, part)| values_of(t, *part))
+        .sum()
+}
+
+/// Bytes of each part: float weights, 4-bit weights, their scales.
+fn part_bytes(model: &ModelProto) -> [(Part, u64); 3] {
+    let mut bytes = [(Part::Float, 0u64), (Part::Int4, 0), (Part::Scales, 0)];
+    for (t, part) in weight_tensors(model) {
+        let elements = t.dims.iter().product::<i64>() as u64;
+        let size = match DataType::try_from(t.data_type) {
+            Ok(DataType::Float16) => 2,
+            Ok(DataType::Uint8) => 1,
+            _ => 4,
+        };
+        if let Some(entry) = bytes.iter_mut().find(|(p, _)| *p == part) {
+            entry.1 += elements * size;
+        }
+    }
+    bytes
 }
 
 /// Opset, inputs and outputs with their dims, node counts by op type, stored parameters.
@@ -118,6 +169,17 @@ pub fn file_report(model: &ModelProto) -> String {
     let weights = weight_tensors(model);
     let values = weight_values(model);
     let _ = writeln!(out, "weights {} values in {} tensors", thousands(values), weights.len());
+    let bytes = part_bytes(model);
+    if bytes.iter().any(|&(part, b)| part != Part::Float && b > 0) {
+        for (part, b) in bytes {
+            let label = match part {
+                Part::Float => "float (embeddings, LayerNorm, biases)",
+                Part::Int4 => "4-bit weights (projections, head)",
+                Part::Scales => "4-bit scales",
+            };
+            let _ = writeln!(out, "  {label:<38} {:>10.2} MB", b as f64 / 1e6);
+        }
+    }
     out
 }
 

@@ -34,6 +34,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod folder;
 pub mod generate;
 pub mod inspect;
 pub mod memory;

@@ -30,6 +30,7 @@ fn main() {
         Command::Inspect(args) => commands::inspect(args),
         Command::Bench(args) => commands::bench(args),
         Command::Check(args) => commands::check(args),
+        Command::Tokenize(args) => commands::tokenize(args),
     });
     let result = match run {
         Ok(result) => result,

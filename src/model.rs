@@ -124,10 +124,11 @@ impl Compiled {
     }
 }
 
-/// Parameters a model of `config` stores with `options`: the head is not stored when tied.
+/// Parameters a model of `config` stores with `options`: the head is not stored when tied
+/// (except as the 4-bit copy that 4-bit weights make of the token embedding).
 pub fn stored_parameters(config: &GptConfig, options: GraphOptions) -> usize {
     let count = ParameterCount::of(config);
-    if options.tie_weights {
+    if options.tie_weights && options.quantization == gptc_graph::Quantization::None {
         count.total_tied()
     } else {
         count.total()

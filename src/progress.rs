@@ -42,7 +42,8 @@ impl Progress {
         bar.set_style(style);
         bar.set_message(message.to_string());
         let delayed = bar.clone();
-        std::thread::spawn(move || {
+        // Without a thread (the system may refuse one) the bar just stays hidden.
+        let _ = std::thread::Builder::new().spawn(move || {
             std::thread::sleep(DELAY);
             if !delayed.is_finished() {
                 delayed.set_draw_target(ProgressDrawTarget::stderr());

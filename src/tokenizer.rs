@@ -48,6 +48,61 @@ impl Tokenizer {
     }
 }
 
+/// GPT-2's BPE as Hugging Face's byte-level BPE writes it: each token's bytes as printable
+/// characters (`bytes_to_unicode`), indexed by id, and the merges, all pairs that join into each
+/// token, in the order of the token's rank (the order tiktoken applies them).
+pub struct HfBpe {
+    pub vocab: Vec<String>,
+    pub merges: Vec<(String, String)>,
+}
+
+impl HfBpe {
+    pub fn gpt2() -> Result<HfBpe> {
+        let tokenizer = Tokenizer::gpt2();
+        let ordinary = END_OF_TEXT as usize;
+        let tokens: Vec<Vec<u8>> =
+            (0..ordinary as i64).map(|id| tokenizer.decode_bytes(&[id])).collect::<Result<_>>()?;
+        let rank: std::collections::HashMap<&[u8], usize> =
+            tokens.iter().enumerate().map(|(id, t)| (t.as_slice(), id)).collect();
+        let printable = byte_printables();
+        let show = |bytes: &[u8]| bytes.iter().map(|&b| printable[b as usize]).collect::<String>();
+        let mut merges = Vec::new();
+        for token in &tokens {
+            let mut splits: Vec<(usize, usize, usize)> = (1..token.len())
+                .filter_map(|at| {
+                    let (left, right) = token.split_at(at);
+                    Some((*rank.get(left)?, *rank.get(right)?, at))
+                })
+                .collect();
+            splits.sort_unstable();
+            merges.extend(splits.iter().map(|&(_, _, at)| {
+                let (left, right) = token.split_at(at);
+                (show(left), show(right))
+            }));
+        }
+        let mut vocab: Vec<String> = tokens.iter().map(|t| show(t)).collect();
+        vocab.push("<|endoftext|>".into());
+        Ok(HfBpe { vocab, merges })
+    }
+}
+
+/// GPT-2's `bytes_to_unicode`: printable bytes stand for themselves, the others (controls,
+/// space, DEL, NBSP, soft hyphen...) for the characters from U+0100 on, in byte order.
+fn byte_printables() -> [char; 256] {
+    let stands_for_itself = |b: u8| matches!(b, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..=255u8 {
+        table[b as usize] = if stands_for_itself(b) {
+            char::from(b)
+        } else {
+            next += 1;
+            char::from_u32(next - 1).unwrap_or(char::REPLACEMENT_CHARACTER)
+        };
+    }
+    table
+}
+
 /// `"15496, 11,314"` -> ids (checked against a model's vocabulary when a session encodes them).
 pub fn parse_ids(text: &str) -> Result<Vec<i64>> {
     text.split(',')
@@ -79,6 +134,19 @@ mod tests {
         assert!(parse_ids("1,x").unwrap_err().to_string().contains("`x`"));
         assert!(parse_ids("-1").is_err());
         assert_eq!(parse_ids("").unwrap(), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn hf_bpe_spells_tokens_as_gpt2_does() {
+        let bpe = HfBpe::gpt2().unwrap();
+        assert_eq!(bpe.vocab.len(), GPT2_VOCAB_SIZE);
+        assert_eq!(bpe.vocab[15496], "Hello");
+        assert_eq!(bpe.vocab[11], ",");
+        assert_eq!(bpe.vocab[314], "\u{120}I"); // " I": the space is U+0120 (Ġ)
+        assert_eq!(bpe.vocab[198], "\u{10a}"); // "\n"
+        assert_eq!(bpe.vocab[50256], "<|endoftext|>");
+        // GPT-2's first merge joins " " and "t".
+        assert_eq!(bpe.merges[0], ("\u{120}".to_string(), "t".to_string()));
     }
 
     #[test]

@@ -49,7 +49,8 @@ fn an_output_is_a_regular_file_or_a_new_path_and_links_are_written_through() {
     assert!(made.success(), "mknod needs root, as CI runs");
     one_line_error(&gptc_in(d, &with_tiny(&["export", "-o", "null"])), "not a regular file");
     assert!(!std::fs::metadata(&device).unwrap().is_file(), "the device was replaced");
-    one_line_error(&gptc_in(d, &with_tiny(&["export", "-o", "."])), "not a regular file");
+    // An existing folder is a model folder: one gptc did not write is left alone.
+    one_line_error(&gptc_in(d, &with_tiny(&["export", "-o", "."])), "gptc did not write");
 
     // An existing file keeps its permissions; a link keeps pointing at its (new) target.
     assert_success(&gptc_in(d, &with_tiny(&["export", "-o", "real.onnx"])));
@@ -110,20 +111,6 @@ fn memory_is_estimated_before_it_is_allocated() {
     let mut bench = vec!["bench", "--n-layers", "1000000", "--prefill", "4"];
     bench.extend(["--emb-dim", "64", "--n-heads", "4"]);
     one_line_error(&gptc_in(d, &bench), "GB of memory");
-    assert!(names_in(d).is_empty(), "{:?}", names_in(d));
-
-    // Under the estimates, a real allocation failure (here an address-space limit of 900 MB,
-    // which MemAvailable does not see) is one line and exit 1, not an abort.
-    let limited = Command::new("bash")
-        .current_dir(d)
-        .arg("-c")
-        .arg(format!(
-            "ulimit -v 900000; exec {} export --preset gpt2-small -o m.onnx",
-            env!("CARGO_BIN_EXE_gptc")
-        ))
-        .output()
-        .unwrap();
-    one_line_error(&limited, "out of memory: an allocation of");
     assert!(names_in(d).is_empty(), "{:?}", names_in(d));
 }
 

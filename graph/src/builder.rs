@@ -80,9 +80,24 @@ impl Precision {
     }
 }
 
+/// How the weights of matrix products are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Quantization {
+    /// In the graph's float type, multiplied by `MatMul`.
+    #[default]
+    None,
+    /// 4 bits per weight in ONNX Runtime's `com.microsoft.MatMulNBits` (see [`crate::quant`]);
+    /// `accuracy_level` is the op's: 0 computes in float32, 4 lets ONNX Runtime quantize the
+    /// activations to int8.
+    Int4 { accuracy_level: u8 },
+}
+
 pub struct GraphBuilder<'w> {
     weights: &'w mut dyn WeightSource,
     float: Precision,
+    quantization: Quantization,
+    /// Operator domains used besides the default one.
+    domains: std::collections::BTreeSet<&'static str>,
     value_names: Vec<String>,
     taken: HashSet<String>,
     nodes: Vec<NodeProto>,
@@ -96,10 +111,16 @@ pub struct GraphBuilder<'w> {
 impl<'w> GraphBuilder<'w> {
     /// A builder whose parameters take their values from `weights` and whose weights and
     /// activations are of type `float`.
-    pub fn new(weights: &'w mut dyn WeightSource, float: Precision) -> GraphBuilder<'w> {
+    pub fn new(
+        weights: &'w mut dyn WeightSource,
+        float: Precision,
+        quantization: Quantization,
+    ) -> GraphBuilder<'w> {
         GraphBuilder {
             weights,
             float,
+            quantization,
+            domains: Default::default(),
             value_names: Vec::new(),
             taken: HashSet::new(),
             nodes: Vec::new(),
@@ -134,6 +155,11 @@ impl<'w> GraphBuilder<'w> {
             }
         }
         self.outputs.push(ValueInfoProto::tensor(name, elem_type, dims));
+    }
+
+    /// The operator domains the graph uses besides the default one.
+    pub fn domains(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.domains.iter().copied()
     }
 
     pub fn finish(self, name: &str) -> GraphProto {
@@ -376,6 +402,98 @@ impl<'w> Scope<'_, 'w> {
 
     pub fn matmul(&mut self, a: Value, b: Value) -> Value {
         self.op("MatMul", &[a, b], vec![])
+    }
+
+    /// `x @ W` for the parameter `name`, `W` of `k` inputs and `n` outputs, stored as the
+    /// builder's quantization says: `[k, n]` in the float type for `MatMul`, or 4-bit blocks for
+    /// `MatMulNBits`. With `rows_are_outputs` the source's tensor is `[n, k]` (an embedding
+    /// table used as the output head) and the float form multiplies by its transpose.
+    pub fn matmul_param(
+        &mut self,
+        x: Value,
+        name: &str,
+        k: usize,
+        n: usize,
+        init: Init,
+        rows_are_outputs: bool,
+    ) -> Result<Value> {
+        let shape = if rows_are_outputs { [n, k] } else { [k, n] };
+        let Quantization::Int4 { accuracy_level } = self.graph.quantization else {
+            let w = self.param(name, &shape, init)?;
+            let w = if rows_are_outputs { self.transpose(w, &[1, 0]) } else { w };
+            return Ok(self.matmul(x, w));
+        };
+        let full = self.qualify(name);
+        let values = self.graph.weights.tensor(&full, &shape, init)?;
+        self.matmul_int4(x, &full, &values, [k, n], rows_are_outputs, accuracy_level)
+    }
+
+    /// As [`Scope::matmul_param`] with `rows_are_outputs`, for a table already in the graph
+    /// (a head tied to the token embedding): with 4-bit weights, a quantized copy of it.
+    pub fn matmul_by_table(&mut self, x: Value, table: Value, name: &str) -> Result<Value> {
+        let Quantization::Int4 { accuracy_level } = self.graph.quantization else {
+            let t = self.transpose(table, &[1, 0]);
+            return Ok(self.matmul(x, t));
+        };
+        let table_name = &self.graph.value_names[table.0];
+        let tensor = self.graph.initializers.iter().find(|t| &t.name == table_name);
+        let Some(tensor) = tensor.filter(|t| t.dims.len() == 2 && !t.float_data.is_empty()) else {
+            return Err(crate::Error::Config(format!(
+                "`{table_name}` is not a float32 table that 4-bit weights can be made from"
+            )));
+        };
+        let (n, k) = (tensor.dims[0] as usize, tensor.dims[1] as usize);
+        let values = tensor.float_data.clone();
+        let full = self.qualify(name);
+        self.matmul_int4(x, &full, &values, [k, n], true, accuracy_level)
+    }
+
+    fn matmul_int4(
+        &mut self,
+        x: Value,
+        full: &str,
+        values: &[f32],
+        [k, n]: [usize; 2],
+        rows_are_outputs: bool,
+        accuracy_level: u8,
+    ) -> Result<Value> {
+        if !k.is_multiple_of(crate::quant::BLOCK) {
+            return Err(crate::Error::Config(format!(
+                "`{full}` has {k} inputs: 4-bit weights need a multiple of {} (emb_dim and 4 * emb_dim)",
+                crate::quant::BLOCK
+            )));
+        }
+        let q = crate::quant::Int4Matrix::quantize(values, k, n, rows_are_outputs);
+        let blocks_name = format!("{full}{}", crate::names::INT4_BLOCKS_SUFFIX);
+        let blocks = self.graph.new_value(blocks_name.clone());
+        let per_row = (k / crate::quant::BLOCK) as i64;
+        self.graph.initializers.push(TensorProto {
+            name: self.graph.value_names[blocks.0].clone(),
+            dims: vec![n as i64, per_row, crate::quant::BLOB as i64],
+            data_type: DataType::Uint8 as i32,
+            raw_data: q.blocks,
+            ..Default::default()
+        });
+        let scales = self.graph.new_value(format!("{full}{}", crate::names::INT4_SCALES_SUFFIX));
+        self.graph.initializers.push(TensorProto {
+            name: self.graph.value_names[scales.0].clone(),
+            dims: vec![n as i64 * per_row],
+            data_type: DataType::Float as i32,
+            float_data: q.scales,
+            ..Default::default()
+        });
+        self.graph.domains.insert(crate::names::MICROSOFT_DOMAIN);
+        let attrs = vec![
+            ("K", Attr::Int(k as i64)),
+            ("N", Attr::Int(n as i64)),
+            ("bits", Attr::Int(4)),
+            ("block_size", Attr::Int(crate::quant::BLOCK as i64)),
+            ("accuracy_level", Attr::Int(accuracy_level as i64)),
+        ];
+        let y = self.op("MatMulNBits", &[x, blocks, scales], attrs);
+        let node = self.graph.nodes.last_mut().expect("just added");
+        node.domain = crate::names::MICROSOFT_DOMAIN.to_string();
+        Ok(y)
     }
 
     pub fn gather(&mut self, data: Value, indices: Value) -> Value {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use crate::builder::Precision;
+use crate::builder::{Precision, Quantization};
 use crate::config::GptConfig;
 use crate::gpt2::GraphOptions;
 use crate::names::{self, meta};
@@ -321,12 +321,25 @@ pub fn write_model_observed(
     layout: WeightLayout,
     written: &dyn Fn(u64),
 ) -> Result<Option<PathBuf>> {
+    let data_name = data_path(path).file_name().unwrap_or_default().to_string_lossy().into_owned();
+    write_model_as(path, &data_name, model, layout, written)
+}
+
+/// As [`write_model_observed`], with external data (when there is any) in the file `data_name`
+/// beside the model rather than `NAME.onnx.data`.
+pub fn write_model_as(
+    path: &Path,
+    data_name: &str,
+    model: &ModelProto,
+    layout: WeightLayout,
+    written: &dyn Fn(u64),
+) -> Result<Option<PathBuf>> {
     if layout == WeightLayout::Auto && !needs_external_data(model) {
         write_atomically(path, |out| encode_to(model, &mut Observed { out, written }))?;
         return Ok(None);
     }
     let path = &output_target(path)?;
-    let data = data_path(path);
+    let data = path.with_file_name(data_name);
     let location = data.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let (stub, placed) = externalize(model, &location);
     if stub.encoded_len() > PROTOBUF_LIMIT {
@@ -375,7 +388,7 @@ pub fn tensor_bytes(model: &ModelProto) -> u64 {
 }
 
 /// The bytes a tensor's values take when stored raw (little-endian, as ONNX's `raw_data`).
-fn tensor_byte_len(tensor: &TensorProto) -> usize {
+pub fn tensor_byte_len(tensor: &TensorProto) -> usize {
     4 * tensor.float_data.len() + tensor.raw_data.len()
 }
 
@@ -541,24 +554,40 @@ fn options_of(props: &[StringStringEntryProto]) -> Option<Result<GraphOptions>> 
         Some(name) if name == Precision::F16.data_type().onnx_name() => Ok(Precision::F16),
         other => Err(bad(meta::DTYPE, other.unwrap_or_default())),
     };
+    // Files from before quantization was recorded are float.
+    let quantization = match lookup(props, meta::QUANTIZATION) {
+        None | Some("none") => Ok(Quantization::None),
+        Some("int4") => match lookup(props, meta::QUANTIZATION_ACCURACY_LEVEL).map(str::parse) {
+            Some(Ok(accuracy_level)) => Ok(Quantization::Int4 { accuracy_level }),
+            other => Err(bad(meta::QUANTIZATION_ACCURACY_LEVEL, &format!("{other:?}"))),
+        },
+        Some(other) => Err(bad(meta::QUANTIZATION, other)),
+    };
     Some((|| {
         Ok(GraphOptions {
             kv_cache: flag(meta::KV_CACHE)?,
             last_token_logits: flag(meta::LAST_TOKEN_LOGITS)?,
             tie_weights: flag(meta::TIE_WEIGHTS)?,
             precision: precision?,
+            quantization: quantization?,
         })
     })())
 }
 
 /// Every float initializer of the model (float32, or float16 widened), by name: the weights
-/// an export holds.
+/// an export holds. A 4-bit weight (`W_q4` and `W_scales`) comes back as `W`, dequantized to
+/// what the stored blocks mean, in the layout of its float form.
 pub fn float_initializers(model: &ModelProto) -> Result<TensorMap> {
     let mut map = TensorMap::default();
     let Some(graph) = &model.graph else {
         return Ok(map);
     };
+    let mut int4 = Vec::new();
     for t in &graph.initializer {
+        if let Some(base) = t.name.strip_suffix(names::INT4_BLOCKS_SUFFIX) {
+            int4.push((base, t));
+            continue;
+        }
         if t.data_location == DataLocation::External as i32 {
             return Err(Error::Weight {
                 name: t.name.clone(),
@@ -587,6 +616,33 @@ pub fn float_initializers(model: &ModelProto) -> Result<TensorMap> {
             });
         }
         map.0.insert(t.name.clone(), NamedTensor { shape, data });
+    }
+    for (base, blocks) in int4 {
+        let bad = |reason: String| Error::Weight { name: blocks.name.clone(), reason };
+        let [n, per_row, blob] = blocks.dims[..] else {
+            return Err(bad(format!("4-bit blocks of dims {:?}", blocks.dims)));
+        };
+        let scales_name = format!("{base}{}", names::INT4_SCALES_SUFFIX);
+        let scales =
+            map.0.remove(&scales_name).ok_or_else(|| bad(format!("no `{scales_name}`")))?;
+        let (n, k) = (n as usize, per_row as usize * crate::quant::BLOCK);
+        if blob as usize != crate::quant::BLOB
+            || blocks.raw_data.len() != n * per_row as usize * crate::quant::BLOB
+            || scales.data.len() != n * per_row as usize
+        {
+            return Err(bad(format!(
+                "4-bit blocks of dims {:?} and {} scales",
+                blocks.dims,
+                scales.data.len()
+            )));
+        }
+        let q =
+            crate::quant::Int4Matrix { k, n, blocks: blocks.raw_data.clone(), scales: scales.data };
+        // The output head is `[vocab, emb]` like the table it may be tied to; projections are
+        // `[in, out]`.
+        let rows_are_outputs = base == names::OUTPUT_HEAD;
+        let shape = if rows_are_outputs { vec![n, k] } else { vec![k, n] };
+        map.0.insert(base.to_string(), NamedTensor { shape, data: q.dequantize(rows_are_outputs) });
     }
     Ok(map)
 }
@@ -627,6 +683,8 @@ struct TensorLocation {
     name: String,
     #[prost(bytes = "bytes", tag = "9")]
     raw_data: prost::bytes::Bytes,
+    #[prost(message, repeated, tag = "13")]
+    external_data: Vec<StringStringEntryProto>,
     #[prost(enumeration = "DataLocation", tag = "14")]
     data_location: i32,
 }
@@ -680,6 +738,8 @@ pub struct StoredHeader {
     /// Whether some tensor's values are in external data (so runtimes must load the file by
     /// path, to find them beside it).
     pub external_data: bool,
+    /// The files that external data lives in, as the model names them (beside it).
+    pub data_files: Vec<String>,
     /// The dims of the tables whose sizes the config sets: the embeddings and the causal table.
     pub tables: Vec<(String, Vec<i64>)>,
 }
@@ -736,7 +796,15 @@ pub fn stored_header(path: &Path, bytes: prost::bytes::Bytes) -> Result<StoredHe
         .filter(|t| sized.contains(&t.name.as_str()))
         .map(|t| (t.name.clone(), t.dims.clone()))
         .collect();
-    Ok(StoredHeader { config, external_data, tables })
+    let mut data_files: Vec<String> = header
+        .graph
+        .iter()
+        .flat_map(|g| &g.initializer)
+        .filter_map(|t| lookup(&t.external_data, "location").map(String::from))
+        .collect();
+    data_files.sort();
+    data_files.dedup();
+    Ok(StoredHeader { config, external_data, data_files, tables })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! With the KV cache, each block's attention also takes the past keys and values and returns
 //! them with this step's appended (`present`), in the layout of HF optimum's GPT-2 exports.
 
-use crate::builder::{GraphBuilder, Precision, Scope, Value};
+use crate::builder::{GraphBuilder, Precision, Quantization, Scope, Value};
 use crate::config::{GptConfig, LAYER_NORM_EPS};
 use crate::names::{self, meta, KvPart};
 use crate::onnx::{DataType, Dim, ModelProto, OperatorSetIdProto, StringStringEntryProto};
@@ -41,6 +41,9 @@ pub struct GraphOptions {
     pub tie_weights: bool,
     /// The type of weights, activations and the KV cache. Logits are float32 either way.
     pub precision: Precision,
+    /// How the projections and the output head store their weights (embeddings, LayerNorm
+    /// and biases stay in the float type).
+    pub quantization: Quantization,
 }
 
 /// A graph input or output: name, element type, dims.
@@ -113,7 +116,12 @@ pub fn build_model(
 ) -> Result<ModelProto> {
     config.validate()?;
     let float = options.precision.data_type();
-    let mut graph = GraphBuilder::new(weights, options.precision);
+    if options.quantization != Quantization::None && options.precision != Precision::F32 {
+        return Err(crate::Error::Config(
+            "4-bit weights are built from float32: combine them with float32, not float16".into(),
+        ));
+    }
+    let mut graph = GraphBuilder::new(weights, options.precision, options.quantization);
     let inputs = declare_inputs(&mut graph, config, options);
     let (logits, present) = gpt2(&mut graph.root(), &inputs, config, options)?;
 
@@ -137,9 +145,27 @@ pub fn build_model(
     if let Some(seed) = init_seed {
         metadata.push((meta::INIT_SEED, seed.to_string()));
     }
+    match options.quantization {
+        Quantization::None => metadata.push((meta::QUANTIZATION, "none".into())),
+        Quantization::Int4 { accuracy_level } => metadata.extend([
+            (meta::QUANTIZATION, "int4".to_string()),
+            (
+                meta::QUANTIZATION_SCHEME,
+                format!(
+                    "com.microsoft.MatMulNBits bits 4 block_size {}: round-to-nearest, symmetric (zero point 8), blocks along the input dimension, float16-exact float32 scales; every projection and the output head, embeddings and LayerNorm and biases float32",
+                    crate::quant::BLOCK
+                ),
+            ),
+            (meta::QUANTIZATION_ACCURACY_LEVEL, accuracy_level.to_string()),
+        ]),
+    }
+    let mut opset_import = vec![OperatorSetIdProto { domain: String::new(), version: OPSET }];
+    opset_import.extend(
+        graph.domains().map(|domain| OperatorSetIdProto { domain: domain.into(), version: 1 }),
+    );
     Ok(ModelProto {
         ir_version: IR_VERSION,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        opset_import,
         producer_name: "gptc".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph.finish("gpt2")),
@@ -206,13 +232,13 @@ fn gpt2(
         x = s.slice(x, &[-1], &[i64::MAX], &[1]);
     }
     let x = layer_norm(&mut s.pp("ln_f"), x, e)?;
-    let head = if options.tie_weights {
-        wte
+    // The head is `[vocab, emb]`, as the token embedding it may be tied to.
+    let logits = if options.tie_weights {
+        s.matmul_by_table(x, wte, names::OUTPUT_HEAD)?
     } else {
-        s.param(names::OUTPUT_HEAD, &[vocab, e], Init::Normal { std: INIT_STD })?
+        let init = Init::Normal { std: INIT_STD };
+        s.matmul_param(x, names::OUTPUT_HEAD, e, vocab, init, true)?
     };
-    let head_t = s.transpose(head, &[1, 0]);
-    let logits = s.matmul(x, head_t);
     Ok((s.to_f32(logits), present))
 }
 
@@ -282,8 +308,7 @@ fn linear(
     bias: bool,
     std: f32,
 ) -> Result<Value> {
-    let w = s.param("weight", &[d_in, d_out], Init::Normal { std })?;
-    let y = s.matmul(x, w);
+    let y = s.matmul_param(x, "weight", d_in, d_out, Init::Normal { std }, false)?;
     if !bias {
         return Ok(y);
     }

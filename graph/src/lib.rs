@@ -9,10 +9,11 @@ pub mod file;
 pub mod gpt2;
 pub mod names;
 pub mod onnx;
+pub mod quant;
 pub mod rng;
 pub mod weights;
 
-pub use builder::Precision;
+pub use builder::{Precision, Quantization};
 pub use config::{GptConfig, ParameterCount};
 pub use gpt2::{build_model, io_signature, GraphOptions, TensorSignature};
 pub use weights::{Init, NamedTensor, RandomInit, Recording, TensorMap, WeightSource};
@@ -40,9 +41,9 @@ pub enum Error {
     NotOnnx { path: PathBuf, reason: String },
     #[error("{}: not a safetensors file ({reason})", path.display())]
     NotSafetensors { path: PathBuf, reason: String },
-    /// A model file whose metadata says something gptc cannot read back.
-    #[error("{}: metadata `{key}`: {reason}", path.display())]
-    Metadata { path: PathBuf, key: &'static str, reason: String },
+    /// The system refused a resource (a thread, under a process limit).
+    #[error("{0}")]
+    System(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

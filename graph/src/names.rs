@@ -48,6 +48,13 @@ pub const OUTPUT_HEAD: &str = "lm_head.weight";
 /// GPT-2's lower-triangular attention table (its `attn.bias` buffer).
 pub const CAUSAL_MASK: &str = "causal_mask";
 
+/// A 4-bit weight `W` is stored as `W_q4` (the packed blocks) and `W_scales`.
+pub const INT4_BLOCKS_SUFFIX: &str = "_q4";
+pub const INT4_SCALES_SUFFIX: &str = "_scales";
+
+/// ONNX Runtime's contrib domain, where `MatMulNBits` lives.
+pub const MICROSOFT_DOMAIN: &str = "com.microsoft";
+
 /// Keys of the model's `metadata_props`: what gptc records, and what readers trust.
 pub mod meta {
     pub const VERSION: &str = "gptc.version";
@@ -60,6 +67,14 @@ pub mod meta {
     pub const TIE_WEIGHTS: &str = "gptc.tie_weights";
     /// The ONNX name of the weights' element type: `float` or `float16`.
     pub const DTYPE: &str = "gptc.dtype";
+    /// `none`, or `int4`: every projection and the output head as `MatMulNBits`.
+    pub const QUANTIZATION: &str = "gptc.quantization";
+    /// How: `round-to-nearest, symmetric (zero point 8), blocks of 32 along the input
+    /// dimension, float16-exact float32 scales`.
+    pub const QUANTIZATION_SCHEME: &str = "gptc.quantization.scheme";
+    /// `MatMulNBits`' `accuracy_level`: 0 computes in float32, 4 lets ONNX Runtime quantize
+    /// activations to int8.
+    pub const QUANTIZATION_ACCURACY_LEVEL: &str = "gptc.quantization.accuracy_level";
 }
 
 /// What a graph input is for, read from its name.

@@ -42,19 +42,22 @@ impl WeightSource for RandomInit {
         let chunks: Vec<(usize, &mut [f32])> = data.chunks_mut(CHUNK).enumerate().collect();
         let per_thread = chunks.len().div_ceil(threads).max(1);
         let mut chunks = chunks;
-        std::thread::scope(|s| {
+        // A thread the system refuses (a process or memory limit) is an error, not a panic.
+        let spawned = std::thread::scope(|s| {
             while !chunks.is_empty() {
                 let batch: Vec<_> = chunks.drain(..per_thread.min(chunks.len())).collect();
-                s.spawn(move || {
+                std::thread::Builder::new().spawn_scoped(s, move || {
                     for (index, chunk) in batch {
                         let mut rng = Xoshiro256::new(
                             tensor_seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                         );
                         fill_normal(&mut rng, chunk, std);
                     }
-                });
+                })?;
             }
+            Ok(())
         });
+        spawned.map_err(|e: std::io::Error| Error::System(format!("starting a thread: {e}")))?;
         Ok(data)
     }
 }

@@ -8,7 +8,7 @@ use gptc::model::{ConfigOverrides, ConfigSpec, Weights};
 use gptc::runtime::ort::Device;
 use gptc::runtime::RuntimeKind;
 use gptc::sampling::SamplingConfig;
-use gptc_graph::{GraphOptions, Precision};
+use gptc_graph::{GraphOptions, Precision, Quantization};
 
 #[derive(Parser)]
 #[command(name = "gptc", version, about = "Compile GPT-2 to ONNX and generate text with it")]
@@ -29,6 +29,20 @@ pub enum Command {
     Bench(BenchArgs),
     /// Check that a model file holds the graph gptc promises for its config (exit 1 if not).
     Check(CheckArgs),
+    /// Print the GPT-2 token ids of texts, as JSON: one list of ids per text.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// Texts to tokenize.
+    pub texts: Vec<String>,
+    /// More texts: a JSON file holding a list of strings.
+    #[arg(long, value_name = "FILE.json")]
+    pub json_file: Option<PathBuf>,
+    /// Read `<|endoftext|>` in a text as the special token, not as text.
+    #[arg(long)]
+    pub allow_special: bool,
 }
 
 #[derive(Args)]
@@ -99,6 +113,8 @@ pub struct GraphArgs {
     pub tie_weights: bool,
     #[command(flatten)]
     pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub quantize: QuantizeArgs,
 }
 
 impl GraphArgs {
@@ -108,6 +124,34 @@ impl GraphArgs {
             last_token_logits: self.last_token_logits,
             tie_weights: self.tie_weights,
             precision: self.dtype.precision(),
+            quantization: self.quantize.quantization(),
+        }
+    }
+}
+
+/// 4-bit weights.
+#[derive(Args, Clone, Copy)]
+pub struct QuantizeArgs {
+    /// Store every projection and the output head in 4 bits (ONNX Runtime's MatMulNBits,
+    /// blocks of 32, symmetric); embeddings, LayerNorm and biases stay float32.
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantizeKind>,
+    /// MatMulNBits' accuracy_level: 4 lets ONNX Runtime quantize activations to int8 (faster),
+    /// 0 computes in float32 (what tract does either way).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(0..=4), requires = "quantize")]
+    pub accuracy_level: u8,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QuantizeKind {
+    Int4,
+}
+
+impl QuantizeArgs {
+    pub fn quantization(self) -> Quantization {
+        match self.quantize {
+            None => Quantization::None,
+            Some(QuantizeKind::Int4) => Quantization::Int4 { accuracy_level: self.accuracy_level },
         }
     }
 }
@@ -227,6 +271,9 @@ pub struct GenerateArgs {
     /// Type of weights, activations and KV cache when compiling in memory [default: f32].
     #[arg(long, value_enum, conflicts_with = "model")]
     pub dtype: Option<Dtype>,
+    /// When compiling in memory.
+    #[command(flatten)]
+    pub quantize: QuantizeArgs,
     #[arg(long, value_enum, default_value = "tract")]
     pub runtime: RuntimeArg,
     /// Where ONNX Runtime runs (`--runtime ort` only).
@@ -319,6 +366,8 @@ pub struct BenchArgs {
     pub no_tract: bool,
     #[command(flatten)]
     pub dtype: DtypeArg,
+    #[command(flatten)]
+    pub quantize: QuantizeArgs,
     /// End with one JSON line of all figures.
     #[arg(long)]
     pub json: bool,

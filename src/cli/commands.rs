@@ -10,26 +10,37 @@ use gptc::model::compile;
 use gptc::progress::Progress;
 use gptc::runtime::{load, ModelSource, RuntimeKind};
 use gptc::session::{Event, GenerationSettings, Prompt, Session};
-use gptc::{inspect, memory};
+use gptc::{folder, inspect, memory};
 use gptc_graph::file::{self, WeightLayout};
-use gptc_graph::{GraphOptions, Precision};
+use gptc_graph::{GraphOptions, Precision, Quantization};
 
-use super::args::{weights, BenchArgs, CheckArgs, ExportArgs, GenerateArgs, InspectArgs};
+use super::args::{
+    weights, BenchArgs, CheckArgs, ExportArgs, GenerateArgs, InspectArgs, TokenizeArgs,
+};
 
 pub fn export(args: ExportArgs) -> Result<()> {
     let start = Instant::now();
-    // A path that cannot take the file is refused before any work.
-    let target = file::output_target(&args.output)?;
-    if args.external_data {
-        file::output_target(&file::data_path(&target))?;
+    let as_folder = folder::is_folder(&args.output);
+    // A path that cannot take the model is refused before any work.
+    if as_folder {
+        folder::check_target(&args.output)?;
+    } else {
+        let target = file::output_target(&args.output)?;
+        if args.external_data {
+            file::output_target(&file::data_path(&target))?;
+        }
     }
     let weights = weights(args.weights.as_ref(), args.seed);
     let compiled = compile(&args.model.spec(), &weights, args.graph.options())?;
     let layout = if args.external_data { WeightLayout::External } else { WeightLayout::Auto };
     let progress = Progress::bytes("writing", file::tensor_bytes(&compiled.model));
-    let data = file::write_model_observed(&args.output, &compiled.model, layout, &|n| {
-        progress.advance(n)
-    })?;
+    let written = |n| progress.advance(n);
+    let data = if as_folder {
+        folder::write_folder(&args.output, &compiled, layout, &written)?;
+        None
+    } else {
+        file::write_model_observed(&args.output, &compiled.model, layout, &written)?
+    };
     drop(progress);
     let parameters = compiled.parameters();
     let options = compiled.options;
@@ -39,7 +50,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
         data.map(|d| format!(" and {}", d.display())).unwrap_or_default(),
         inspect::thousands(parameters),
         if options.tie_weights { ", tied" } else { "" },
-        (parameters * options.precision.bytes()) as f64 / (1024.0 * 1024.0),
+        file::tensor_bytes(&compiled.model) as f64 / (1024.0 * 1024.0),
         start.elapsed().as_secs_f64(),
         memory::peak_rss_bytes().unwrap_or(0) as f64 / 1e9
     );
@@ -83,10 +94,12 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         last_token_logits: true,
         tie_weights: false,
         precision: args.dtype.map_or(Precision::F32, |d| d.precision()),
+        quantization: args.quantize.quantization(),
     };
     let spec = args.config.spec();
     let weights = weights(args.weights.as_ref(), args.init_seed.unwrap_or(123));
-    let source = match &args.model {
+    let model_path = args.model.as_deref().map(folder::model_path);
+    let source = match &model_path {
         Some(path) => ModelSource::File { path, config: &spec },
         None => ModelSource::Compile { config: &spec, weights: &weights, options },
     };
@@ -162,6 +175,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let spec = args.config.spec();
     let config = match &args.model {
         Some(path) => {
+            let path = &folder::model_path(path);
             let model = file::read_model(path)?;
             out.push_str(&inspect::file_report(&model));
             match spec.for_model_file(file::stored_config(&model).transpose()?, path, false) {
@@ -191,6 +205,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let plan = BenchPlan {
         config,
         precision: args.dtype.precision(),
+        quantization: args.quantize.quantization(),
         prefill,
         new_tokens: args.new_tokens,
         plain_tokens: args.plain_tokens,
@@ -207,14 +222,21 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 }
 
 pub fn check(args: CheckArgs) -> Result<()> {
-    let bytes = file::read_input(&args.model, u64::MAX)?;
-    let header = file::stored_header_of_bytes(&args.model, &bytes)?;
-    let model = file::decode_model(&args.model, &bytes)?;
+    let path = &folder::model_path(&args.model);
+    let bytes = file::read_input(path, u64::MAX)?;
+    let header = file::stored_header_of_bytes(path, &bytes)?;
+    let model = file::decode_model(path, &bytes)?;
     write_out(&inspect::file_report(&model))?;
     let stored = file::stored_config(&model).transpose()?;
-    let config = args.config.spec().for_model_file(stored, &args.model, true)?;
+    let config = args.config.spec().for_model_file(stored, path, true)?;
     header.check_tables(&config)?;
-    let options = gptc::check::check_model(&args.model, &model, &config)?;
+    let options = gptc::check::check_model(path, &model, &config)?;
+    let side_files = if args.model.is_dir() {
+        folder::check_side_files(&args.model, &config)?;
+        ", and the folder's side files agree with it"
+    } else {
+        ""
+    };
     let variant = match (options.kv_cache, options.last_token_logits) {
         (false, false) => "plain graph",
         (false, true) => "plain graph, last-token logits",
@@ -222,8 +244,35 @@ pub fn check(args: CheckArgs) -> Result<()> {
         (true, true) => "KV cache, last-token logits",
     };
     write_out(&format!(
-        "ok: inputs and outputs match the config ({variant}) and tract's shape analysis\n"
+        "ok: inputs and outputs match the config ({variant}, {}) and tract's shape analysis{side_files}\n",
+        match options.quantization {
+            Quantization::None => match options.precision {
+                Precision::F32 => "float32 weights".to_string(),
+                Precision::F16 => "float16 weights".to_string(),
+            },
+            Quantization::Int4 { accuracy_level } => {
+                format!("4-bit weights, accuracy level {accuracy_level}")
+            }
+        }
     ))
+}
+
+pub fn tokenize(args: TokenizeArgs) -> Result<()> {
+    let mut texts = args.texts;
+    if let Some(path) = &args.json_file {
+        let listed: Vec<String> = serde_json::from_str(&file::read_text_input(path)?)
+            .map_err(|e| anyhow::anyhow!("{}: not a JSON list of strings ({e})", path.display()))?;
+        texts.extend(listed);
+    }
+    let tokenizer = gptc::tokenizer::Tokenizer::gpt2();
+    let ids: Vec<Vec<i64>> = texts
+        .iter()
+        .map(|t| match args.allow_special {
+            true => tokenizer.encode_with_special(t),
+            false => tokenizer.encode(t),
+        })
+        .collect();
+    write_out(&format!("{}\n", serde_json::to_string(&ids)?))
 }
 
 /// Writes to stdout, returning its errors (`print!` panics on a closed pipe; an error here ends

@@ -75,16 +75,23 @@ pub fn load(source: ModelSource, kind: RuntimeKind) -> Result<Loaded> {
 
 fn load_file(path: &Path, spec: &ConfigSpec, kind: RuntimeKind) -> Result<Loaded> {
     let file_error = |source| Error::File { path: path.to_path_buf(), error: source };
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len());
-    let model_size = size(path).map_err(file_error)?;
-    let data = file::data_path(path);
-    if data.exists() && !data.is_file() {
-        let not_file = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
-        return Err(Error::File { path: data, error: not_file });
-    }
-    memory::check_fits(memory::LOAD_FACTOR * (model_size + size(&data).unwrap_or(0)))?;
+    let model_size = std::fs::metadata(path).map(|m| m.len()).map_err(file_error)?;
+    memory::check_fits(memory::LOAD_FACTOR * model_size)?;
     let bytes = prost::bytes::Bytes::from(file::read_input(path, u64::MAX)?);
     let header = file::stored_header(path, bytes.clone())?;
+    let mut data_size = 0;
+    for name in &header.data_files {
+        let data = path.with_file_name(name);
+        let meta =
+            std::fs::metadata(&data).map_err(|error| Error::File { path: data.clone(), error })?;
+        if !meta.is_file() {
+            let not_file =
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+            return Err(Error::File { path: data, error: not_file });
+        }
+        data_size += meta.len();
+    }
+    memory::check_fits(memory::LOAD_FACTOR * (model_size + data_size))?;
     let config = spec.for_model_file(header.config.clone(), path, false)?;
     header.check_tables(&config)?;
     // The file was read once: a self-contained one loads from those bytes; one with external

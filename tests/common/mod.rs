@@ -9,7 +9,9 @@ use gptc::reference::Reference;
 use gptc::runtime::Runtime;
 use gptc::sampling::argmax;
 pub use gptc_graph::GptConfig;
-use gptc_graph::{build_model, file, GraphOptions, Precision, RandomInit, Recording, TensorMap};
+use gptc_graph::{
+    build_model, file, GraphOptions, Precision, Quantization, RandomInit, Recording, TensorMap,
+};
 use ndarray::{s, Array1, Array2, Array3};
 
 /// A small GPT-2: the real vocabulary and tokenizer, a few narrow layers.
@@ -30,24 +32,28 @@ pub const PLAIN: GraphOptions = GraphOptions {
     last_token_logits: false,
     tie_weights: false,
     precision: Precision::F32,
+    quantization: Quantization::None,
 };
 pub const PLAIN_LAST: GraphOptions = GraphOptions {
     kv_cache: false,
     last_token_logits: true,
     tie_weights: false,
     precision: Precision::F32,
+    quantization: Quantization::None,
 };
 pub const CACHE: GraphOptions = GraphOptions {
     kv_cache: true,
     last_token_logits: false,
     tie_weights: false,
     precision: Precision::F32,
+    quantization: Quantization::None,
 };
 pub const CACHE_LAST: GraphOptions = GraphOptions {
     kv_cache: true,
     last_token_logits: true,
     tie_weights: false,
     precision: Precision::F32,
+    quantization: Quantization::None,
 };
 pub const ALL_VARIANTS: [GraphOptions; 4] = [PLAIN, PLAIN_LAST, CACHE, CACHE_LAST];
 
