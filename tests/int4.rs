@@ -95,6 +95,36 @@ fn gpt2_small_int4_decodes_as_its_dequantized_reference_on_both_runtimes() {
     }
 }
 
+/// At accuracy level 4 ONNX Runtime quantizes activations to int8; tract runs gptc's own
+/// kernel, which does the same (with its own rounding): both stay as near the dequantized
+/// reference as int8 activations allow (1.5e-2 of random-init gpt2-small's flat logits, each),
+/// and a broken kernel would be far off.
+#[test]
+fn at_level_4_tract_runs_gptcs_int8_kernel_close_to_onnx_runtime() {
+    let config = GptConfig::preset("gpt2-small").unwrap();
+    let options = GraphOptions { quantization: Quantization::Int4 { accuracy_level: 4 }, ..CACHE };
+    let (bytes, weights) = compile_int4(&config, options, 123);
+    let ids = token_ids(1, 24, config.vocab_size, 5);
+    let expected = Reference::new(&config, &weights).logits(&ids).unwrap();
+    let mut outputs = Vec::new();
+    for mut runtime in runtimes(&bytes) {
+        let ids = ids.view().to_owned();
+        let step = Step {
+            input_ids: &ids,
+            attention_mask: Some(&ndarray::Array2::ones((1, 24))),
+            position_ids: Some(&ndarray::Array2::from_shape_fn((1, 24), |(_, j)| j as i64)),
+        };
+        let logits = runtime.run(&step).unwrap();
+        let err = relative_error(&logits, &expected);
+        eprintln!("{}: {err:.2e} from the dequantized reference", runtime.name());
+        assert!(err < 3e-2, "{}: {err}", runtime.name());
+        outputs.push(logits);
+    }
+    let between = relative_error(&outputs[0], &outputs[1]);
+    eprintln!("tract against ONNX Runtime at level 4: {between:.2e}");
+    assert!(between < 3e-2, "{between}");
+}
+
 #[test]
 fn the_cli_exports_checks_and_refuses_int4_as_a_user_expects() {
     let dir = tempfile::tempdir().unwrap();
