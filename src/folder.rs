@@ -50,7 +50,8 @@ pub fn model_path(path: &Path) -> PathBuf {
 /// Whether `dir` is a folder gptc wrote: its model file carries gptc's config.
 fn is_gptc_folder(dir: &Path) -> bool {
     let Ok(bytes) = file::read_input(&model_file(dir), u64::MAX) else { return false };
-    file::stored_header_of_bytes(&model_file(dir), &bytes).is_ok_and(|h| h.config.is_some())
+    let bytes = prost::bytes::Bytes::from(bytes);
+    file::stored_header(&model_file(dir), bytes).is_ok_and(|h| h.config.is_some())
 }
 
 /// Checks, before any work, that a folder may be written at `dir`: a new path, an empty folder,

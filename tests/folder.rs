@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use common::{assert_success, gptc_in, stderr, stdout};
 
@@ -129,19 +128,8 @@ fn a_users_folder_is_never_overwritten_and_a_failed_export_changes_nothing() {
         .iter()
         .map(|f| std::fs::read(d.join("model").join(f)).unwrap())
         .collect();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gptc"))
-        .current_dir(d)
-        .args(["export", "--n-layers", "36", "-o", "model/"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1200));
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(child.wait().unwrap().code(), Some(130), "the export was not interrupted");
+    let code = common::interrupted(d, &["export", "--n-layers", "36", "-o", "model/"], 1200);
+    assert_eq!(code, Some(130), "the export was not interrupted");
     let mut left: Vec<String> = std::fs::read_dir(d)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

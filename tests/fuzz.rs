@@ -93,12 +93,7 @@ proptest! {
     /// generation.rs with the case fuzzing found.)
     #[test]
     fn damaged_models_never_panic(cut in 0usize..100_000, flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
-        let mut bytes = small_model();
-        for (at, value) in flips {
-            let i = at.index(bytes.len());
-            bytes[i] = value;
-        }
-        bytes.truncate(bytes.len().min(cut.max(1)));
+        let bytes = damaged(small_model(), cut, flips);
         let path = std::path::Path::new("damaged.onnx");
         let _ = file::decode_model(path, &bytes);
         let _ = file::stored_header_of_bytes(path, &bytes);
@@ -111,18 +106,23 @@ proptest! {
     /// A real checkpoint with bytes overwritten or cut: the reader answers, never panics.
     #[test]
     fn damaged_safetensors_never_panic(cut in 0usize..4000, flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
-        let mut bytes = small_safetensors();
-        for (at, value) in flips {
-            let i = at.index(bytes.len());
-            bytes[i] = value;
-        }
-        bytes.truncate(bytes.len().min(cut.max(1)));
+        let bytes = damaged(small_safetensors(), cut, flips);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("damaged.safetensors");
         std::fs::write(&path, &bytes).unwrap();
         let config = GptConfig { emb_dim: 8, n_heads: 2, ..GptConfig::preset("gpt2-small").unwrap() };
         let _ = gptc_graph::checkpoint::read_safetensors(&[path], &config);
     }
+}
+
+/// `bytes` with some overwritten, then cut to at most `cut` (at least one byte stays).
+fn damaged(mut bytes: Vec<u8>, cut: usize, flips: Vec<(prop::sample::Index, u8)>) -> Vec<u8> {
+    for (at, value) in flips {
+        let i = at.index(bytes.len());
+        bytes[i] = value;
+    }
+    bytes.truncate(bytes.len().min(cut.max(1)));
+    bytes
 }
 
 /// A safetensors file with a split attention matrix, a bias and an embedding row block.

@@ -73,17 +73,9 @@ fn a_signal_during_an_external_data_export_leaves_the_old_pair_and_no_temporary_
     let old =
         (std::fs::read(d.join("m.onnx")).unwrap(), std::fs::read(d.join("m.onnx.data")).unwrap());
     // gpt2-small with 36 layers: 1.4 GB to build and write, seconds of work to interrupt.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gptc"))
-        .current_dir(d)
-        .args(["export", "--n-layers", "36", "--external-data", "-o", "m.onnx"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1200));
-    let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(sent.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "the export was not interrupted by the signal");
+    let args = ["export", "--n-layers", "36", "--external-data", "-o", "m.onnx"];
+    let code = common::interrupted(d, &args, 1200);
+    assert_eq!(code, Some(130), "the export was not interrupted by the signal");
     assert_eq!(names_in(d), ["m.onnx", "m.onnx.data"], "a temporary file was left");
     let now =
         (std::fs::read(d.join("m.onnx")).unwrap(), std::fs::read(d.join("m.onnx.data")).unwrap());

@@ -223,8 +223,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
 pub fn check(args: CheckArgs) -> Result<()> {
     let path = &folder::model_path(&args.model);
-    let bytes = file::read_input(path, u64::MAX)?;
-    let header = file::stored_header_of_bytes(path, &bytes)?;
+    let bytes = prost::bytes::Bytes::from(file::read_input(path, u64::MAX)?);
+    let header = file::stored_header(path, bytes.clone())?;
     let model = file::decode_model(path, &bytes)?;
     write_out(&inspect::file_report(&model))?;
     let stored = file::stored_config(&model).transpose()?;

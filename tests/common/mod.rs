@@ -147,3 +147,17 @@ pub fn greedy_with_logits(
     .unwrap();
     (ids, seen)
 }
+
+/// Runs gptc in `dir` with `args`, sends it SIGTERM after `millis`, and returns its exit code.
+pub fn interrupted(dir: &Path, args: &[&str], millis: u64) -> Option<i32> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gptc"))
+        .current_dir(dir)
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gptc runs");
+    std::thread::sleep(std::time::Duration::from_millis(millis));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs").success());
+    child.wait().expect("gptc ends").code()
+}
