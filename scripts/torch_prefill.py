@@ -8,9 +8,9 @@ of record, the forward returns the KV cache (use_cache=True) and only the last p
 (--all-logits computes logits for every position). --attn-implementation picks HF's attention
 path: eager (default) or sdpa.
 
-usage: /work/torchenv/bin/python scripts/torch_prefill.py --json [--lengths 16,128,1024]
+usage: .venv-torch/bin/python scripts/torch_prefill.py --json [--lengths 16,128,1024]
 torch and transformers are not in scripts/requirements.txt and not part of CI; install them into
-a separate venv (pip install torch transformers numpy).
+a separate venv: python3 -m venv .venv-torch && .venv-torch/bin/pip install torch transformers numpy
 """
 
 import argparse
