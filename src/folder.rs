@@ -110,13 +110,13 @@ pub fn write_folder(
             let path = staging.join(file_name);
             std::fs::write(&path, contents).map_err(io(&path))?;
         }
+        // The old folder moved aside is the user's: not a temporary that a signal handler may
+        // remove (stopped between the two renames, it stays as `.NAME.oldPID`).
         if dir.exists() {
-            file::register_temporary(&retired);
             std::fs::rename(&dir, &retired).map_err(io(&dir))?;
         }
         std::fs::rename(&staging, &dir).map_err(io(&dir))?;
         let _ = std::fs::remove_dir_all(&retired);
-        file::unregister_temporary(&retired);
         Ok(model_file(&dir))
     })();
     if result.is_err() {
@@ -127,7 +127,6 @@ pub fn write_folder(
         }
     }
     file::unregister_temporary(&staging);
-    file::unregister_temporary(&retired);
     result
 }
 
