@@ -595,20 +595,7 @@ pub fn float_initializers(model: &ModelProto) -> Result<TensorMap> {
             });
         }
         let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-        let data: Vec<f32> = match DataType::try_from(t.data_type) {
-            Ok(DataType::Float) if t.raw_data.is_empty() => t.float_data.clone(),
-            Ok(DataType::Float) => t
-                .raw_data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Ok(DataType::Float16) => t
-                .raw_data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            _ => continue,
-        };
+        let Some(data) = float_values(t) else { continue };
         if data.len() != shape.iter().product::<usize>() {
             return Err(Error::Weight {
                 name: t.name.clone(),
@@ -618,26 +605,15 @@ pub fn float_initializers(model: &ModelProto) -> Result<TensorMap> {
         map.0.insert(t.name.clone(), NamedTensor { shape, data });
     }
     for (base, blocks) in int4 {
-        let bad = |reason: String| Error::Weight { name: blocks.name.clone(), reason };
-        let [n, per_row, blob] = blocks.dims[..] else {
-            return Err(bad(format!("4-bit blocks of dims {:?}", blocks.dims)));
-        };
         let scales_name = format!("{base}{}", names::INT4_SCALES_SUFFIX);
-        let scales =
-            map.0.remove(&scales_name).ok_or_else(|| bad(format!("no `{scales_name}`")))?;
-        let (n, k) = (n as usize, per_row as usize * crate::quant::BLOCK);
-        if blob as usize != crate::quant::BLOB
-            || blocks.raw_data.len() != n * per_row as usize * crate::quant::BLOB
-            || scales.data.len() != n * per_row as usize
-        {
-            return Err(bad(format!(
-                "4-bit blocks of dims {:?} and {} scales",
-                blocks.dims,
-                scales.data.len()
-            )));
-        }
-        let q =
-            crate::quant::Int4Matrix { k, n, blocks: blocks.raw_data.clone(), scales: scales.data };
+        let scales = graph.initializer.iter().find(|t| t.name == scales_name);
+        let scales = scales.ok_or_else(|| Error::Weight {
+            name: blocks.name.clone(),
+            reason: format!("no `{scales_name}`"),
+        })?;
+        let q = int4_matrix(blocks, scales)?;
+        map.0.remove(&scales_name);
+        let (n, k) = (q.n, q.k);
         // The output head is `[vocab, emb]` like the table it may be tied to; projections are
         // `[in, out]`.
         let rows_are_outputs = base == names::OUTPUT_HEAD;
@@ -645,6 +621,50 @@ pub fn float_initializers(model: &ModelProto) -> Result<TensorMap> {
         map.0.insert(base.to_string(), NamedTensor { shape, data: q.dequantize(rows_are_outputs) });
     }
     Ok(map)
+}
+
+/// A float initializer's values (float32, or float16 widened); `None` for other types.
+fn float_values(t: &TensorProto) -> Option<Vec<f32>> {
+    match DataType::try_from(t.data_type) {
+        Ok(DataType::Float) if t.raw_data.is_empty() => Some(t.float_data.clone()),
+        Ok(DataType::Float) => Some(
+            t.raw_data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        Ok(DataType::Float16) => Some(
+            t.raw_data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// The 4-bit matrix a `MatMulNBits` weight (`W_q4`, `[n, k / 32, 16]` bytes) and its scales
+/// (`[n * k / 32]` floats) hold, checked to agree.
+pub fn int4_matrix(blocks: &TensorProto, scales: &TensorProto) -> Result<crate::quant::Int4Matrix> {
+    use crate::quant::{Int4Matrix, BLOB, BLOCK};
+    let bad = |reason: String| Error::Weight { name: blocks.name.clone(), reason };
+    let [n, per_row, blob] = blocks.dims[..] else {
+        return Err(bad(format!("4-bit blocks of dims {:?}", blocks.dims)));
+    };
+    let scales = float_values(scales)
+        .ok_or_else(|| bad(format!("scales `{}` are not floats", scales.name)))?;
+    let (n, per_row) = (n as usize, per_row as usize);
+    if blob as usize != BLOB
+        || blocks.raw_data.len() != n * per_row * BLOB
+        || scales.len() != n * per_row
+    {
+        return Err(bad(format!(
+            "4-bit blocks of dims {:?} and {} scales",
+            blocks.dims,
+            scales.len()
+        )));
+    }
+    Ok(Int4Matrix { k: per_row * BLOCK, n, blocks: blocks.raw_data.clone(), scales })
 }
 
 /// The parts of a model file that say what it is, decoded without copying its weights:

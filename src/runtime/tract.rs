@@ -198,26 +198,7 @@ fn int4_kernels(model: &gptc_graph::onnx::ModelProto) -> Result<Int4Kernels> {
         let level = node.attribute.iter().find(|a| a.name == "accuracy_level").map_or(0, |a| a.i);
         let (blocks, scales) = (initializer(node.input.get(1)), initializer(node.input.get(2)));
         let (4, Some(blocks), Some(scales)) = (level, blocks, scales) else { continue };
-        let [n, per_row, _] = blocks.dims[..] else { continue };
-        let scales: Vec<f32> = match scales.float_data.is_empty() {
-            false => scales.float_data.clone(),
-            true => scales
-                .raw_data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        };
-        let matrix = gptc_graph::quant::Int4Matrix {
-            k: per_row as usize * gptc_graph::quant::BLOCK,
-            n: n as usize,
-            blocks: blocks.raw_data.clone(),
-            scales,
-        };
-        if matrix.scales.len() != matrix.n * per_row as usize
-            || matrix.blocks.len() != matrix.scales.len() * gptc_graph::quant::BLOB
-        {
-            return Err(Error::Model(format!("`{}`: 4-bit blocks and scales disagree", node.name)));
-        }
+        let matrix = file::int4_matrix(blocks, scales)?;
         kernels.insert(node.name.clone(), Arc::new(Int4Weights::new(&matrix)));
     }
     Ok(kernels)
