@@ -197,7 +197,6 @@ fn generation_config_json() -> Value {
 
 fn genai_config_json(c: &gptc_graph::GptConfig) -> Value {
     use gptc_graph::names::KvPart;
-    let template = |name: String| name.replace("0", "%d");
     json!({
         "model": {
             "type": "decoder",
@@ -218,13 +217,13 @@ fn genai_config_json(c: &gptc_graph::GptConfig) -> Value {
                     "input_ids": names::INPUT_IDS,
                     "attention_mask": names::ATTENTION_MASK,
                     "position_ids": names::POSITION_IDS,
-                    "past_key_names": template(names::past(0, KvPart::Key)),
-                    "past_value_names": template(names::past(0, KvPart::Value)),
+                    "past_key_names": names::past("%d", KvPart::Key),
+                    "past_value_names": names::past("%d", KvPart::Value),
                 },
                 "outputs": {
                     "logits": names::LOGITS,
-                    "present_key_names": template(names::present(0, KvPart::Key)),
-                    "present_value_names": template(names::present(0, KvPart::Value)),
+                    "present_key_names": names::present("%d", KvPart::Key),
+                    "present_value_names": names::present("%d", KvPart::Value),
                 },
             },
         },

@@ -32,12 +32,13 @@ impl KvPart {
 }
 
 /// `past_key_values.{layer}.key` / `.value`: the cache a step reads.
-pub fn past(layer: usize, part: KvPart) -> String {
+/// (`layer` may be a placeholder such as `%d`, for configs that name every layer at once.)
+pub fn past(layer: impl fmt::Display, part: KvPart) -> String {
     format!("{PAST_PREFIX}{layer}.{}", part.suffix())
 }
 
 /// `present.{layer}.key` / `.value`: the cache a step returns, past and new positions.
-pub fn present(layer: usize, part: KvPart) -> String {
+pub fn present(layer: impl fmt::Display, part: KvPart) -> String {
     format!("{PRESENT_PREFIX}{layer}.{}", part.suffix())
 }
 
