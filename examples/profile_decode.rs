@@ -47,9 +47,10 @@ fn main() -> anyhow::Result<()> {
         let outputs = state.run_plan_with_eval(inputs, |ctx, op_state, node, input| {
             let t = Instant::now();
             let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
-            let group = if node.op().name() == "OptMatMul" {
+            let op = node.op().name();
+            let group = if op == "OptMatMul" || op == "GptcInt4MatMul" {
                 let name = node.name.replace(|c: char| c.is_ascii_digit(), "#");
-                format!("OptMatMul {}", name.split(".matmul").next().unwrap_or(&name))
+                format!("{op} {}", name.split(".matmul").next().unwrap_or(&name))
             } else {
                 format!("{}", node.op().name())
             };
@@ -75,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     );
     let mut rows: Vec<_> = totals.into_iter().collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    for (op, t) in rows.iter().take(14) {
+    for (op, t) in rows.iter().take(20) {
         println!("  {op:<40} {:7.3} ms/step {:5.1}%", t / steps as f64 * 1e3, 100.0 * t / sum);
     }
     Ok(())

@@ -3,88 +3,133 @@
 //! the 4-bit codes, one float multiply a block), where tract's Q4_0 path unpacks every weight to
 //! float32 at every step (BENCHMARKS.md: 19 G weights/s, 0.40x ONNX Runtime's decode).
 //!
-//! One activation row at a time: a decode step is one row, and a prefill of `m` rows reads the
-//! weights `m` times, which at these sizes costs what tract's own path does. Rows of outputs are
-//! spread over tract's thread pool. AVX2 where the CPU has it (checked at run time), else plain
-//! Rust; both compute the same integers.
+//! Output rows are shared in chunks with gptc's crew of helper threads (`crew.rs`: tract's pool
+//! costs more to wake than the second core gives on a decode step's matrices); a chunk reads its
+//! weights once for every activation row, so a prefill of `m` rows reads them once, not `m`
+//! times. The AVX2 kernel takes two blocks per 256-bit load and four output rows per pass, so an
+//! activation load serves four rows; it is chosen at run time, else plain Rust computes the same
+//! integers.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use super::crew::{crew, Crew};
 use gptc_graph::quant::{Int4Matrix, BLOB, BLOCK};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-/// Matrices of at least this many weights are split over tract's thread pool.
-const POOLED_WEIGHTS: usize = 1 << 23;
+/// Two blocks: the unit of the kernel's loads.
+const PAIR: usize = 2 * BLOCK;
 
-/// A `[n, k]` 4-bit matrix laid out for the kernel: each block's 16 bytes hold its first 16
-/// codes in the low nibbles and its last 16 in the high ones (MatMulNBits interleaves them).
+/// Output rows a kernel pass computes together, sharing each activation load.
+const ROWS: usize = 4;
+
+/// Bytes of one pair of blocks of a group of [`ROWS`] rows: their codes, then their scales.
+const STRIDE: usize = ROWS * (PAIR / 2) + ROWS * 2 * 4;
+
+/// A chunk of work for one thread: about 2 microseconds, so a helper that starts late or a core
+/// that runs slow delays the end of a matmul by little.
+const CHUNK_WEIGHTS: usize = 1 << 16;
+
+/// A `[n, k]` 4-bit matrix laid out for the kernel as one stream read front to back: rows in
+/// groups of [`ROWS`], and per group and pair of blocks, each row's 32 bytes of codes and then
+/// the 8 float32 scales (row by row, block by block). A block's 16 bytes hold its first 16 codes
+/// in the low nibbles and its last 16 in the high ones (MatMulNBits interleaves them), so one
+/// 32-byte load of a pair splits into the pair's first halves and second halves. Rows of an odd
+/// number of blocks end with a zero block, groups with zero rows, both of scale zero.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Int4Weights {
     k: usize,
     n: usize,
-    codes: Vec<u8>,
-    /// Bit patterns of the float32 scales (`f32` is not `Eq`).
-    scale_bits: Vec<u32>,
+    pairs: usize,
+    stream: Vec<u8>,
 }
 
 impl Int4Weights {
     pub fn new(q: &Int4Matrix) -> Int4Weights {
-        let mut codes = vec![0u8; q.blocks.len()];
-        for (block, out) in q.blocks.chunks_exact(BLOB).zip(codes.chunks_exact_mut(BLOB)) {
-            let code = |i: usize| {
-                let byte = block[i / 2];
-                if i.is_multiple_of(2) {
-                    byte & 0x0f
-                } else {
-                    byte >> 4
+        let blocks = q.k / BLOCK;
+        let pairs = blocks.div_ceil(2);
+        let mut stream = vec![0u8; q.n.div_ceil(ROWS) * pairs * STRIDE];
+        for row in 0..q.n {
+            let (group, r) = (row / ROWS, row % ROWS);
+            for b in 0..blocks {
+                let (pair, half) = (b / 2, b % 2);
+                let at = (group * pairs + pair) * STRIDE;
+                let block = &q.blocks[(row * blocks + b) * BLOB..][..BLOB];
+                let code = |i: usize| (block[i / 2] >> (4 * (i % 2))) & 0x0f;
+                let out = &mut stream[at + r * PAIR / 2 + half * BLOB..][..BLOB];
+                for (j, byte) in out.iter_mut().enumerate() {
+                    *byte = code(j) | (code(j + BLOB) << 4);
                 }
-            };
-            for (j, byte) in out.iter_mut().enumerate() {
-                *byte = code(j) | (code(j + BLOB) << 4);
+                let scale = q.scales[row * blocks + b].to_le_bytes();
+                stream[at + ROWS * PAIR / 2 + (r * 2 + half) * 4..][..4].copy_from_slice(&scale);
             }
         }
-        let scale_bits = q.scales.iter().map(|s| s.to_bits()).collect();
-        Int4Weights { k: q.k, n: q.n, codes, scale_bits }
+        Int4Weights { k: q.k, n: q.n, pairs, stream }
     }
 
-    fn blocks(&self) -> usize {
-        self.k / BLOCK
+    /// `y = x W^T` for `m` rows `x` of `k` values into `y` of `m` rows of `n`, with `x` quantized
+    /// to int8. Each chunk of output rows reads its weights once for all `m` rows (they stay in
+    /// the core's cache), and the chunks are shared with the crew.
+    pub fn matmul(&self, x: &[f32], y: &mut [f32]) -> TractResult<()> {
+        self.matmul_on(crew(), kernel(), x, y)
     }
 
-    /// `y = x W^T` for one row `x` of `k` values into `y` of `n`, with `x` quantized to int8.
-    pub fn matvec(&self, x: &[f32], y: &mut [f32]) -> TractResult<()> {
-        let activations = Int8Row::quantize(x);
-        let blocks = self.blocks();
-        let avx2 = has_avx2();
-        let rows = |first: usize, chunk: &mut [f32]| {
-            for (j, out) in chunk.iter_mut().enumerate() {
-                let row = first + j;
-                let codes = &self.codes[row * blocks * BLOB..][..blocks * BLOB];
-                let scales = &self.scale_bits[row * blocks..][..blocks];
-                *out = if avx2 {
-                    // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        dot_avx2(codes, scales, &activations)
+    fn matmul_on(&self, crew: &Crew, dots: Dots, x: &[f32], y: &mut [f32]) -> TractResult<()> {
+        let (k, n) = (self.k, self.n);
+        let m = x.len() / k;
+        ensure!(
+            x.len() == m * k && y.len() == m * n,
+            "GptcInt4MatMul: {} inputs and {} outputs for [{m}, {k}] x [{k}, {n}]",
+            x.len(),
+            y.len()
+        );
+        let activations: Vec<Int8Row> = x.chunks_exact(k).map(Int8Row::quantize).collect();
+        let groups_per_chunk = (CHUNK_WEIGHTS / (ROWS * k * m)).max(1);
+        // One activation row: `y` is in the output rows' order already; else each chunk writes
+        // the `m` results of a weight row side by side, transposed at the end.
+        let mut by_weight_row = vec![0f32; if m == 1 { 0 } else { m * n }];
+        let out = if m == 1 { &mut *y } else { &mut by_weight_row[..] };
+        let slots: Vec<Mutex<&mut [f32]>> =
+            out.chunks_mut(groups_per_chunk * ROWS * m).map(Mutex::new).collect();
+        let group_bytes = self.pairs * STRIDE;
+        let work = |chunk: usize| {
+            let Ok(mut slot) = slots[chunk].lock() else { return };
+            let first = chunk * groups_per_chunk;
+            for (g, results) in slot.chunks_mut(ROWS * m).enumerate() {
+                let group = &self.stream[(first + g) * group_bytes..][..group_bytes];
+                for (r, x) in activations.iter().enumerate() {
+                    let values = dots(group, x);
+                    for (i, value) in values.iter().take(results.len() / m).enumerate() {
+                        results[i * m + r] = *value;
                     }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    dot(codes, scales, &activations)
-                } else {
-                    dot(codes, scales, &activations)
-                };
+                }
             }
-            Ok(())
         };
-        // Handing a matrix to the pool costs more than it saves below a few million weights
-        // (measured: 768x3072 took 0.065 ms pooled, 0.059 ms on one core; the 768x50257 head
-        // 0.54 ms pooled, 0.99 ms on one core).
-        if self.n * self.k >= POOLED_WEIGHTS {
-            tract_linalg::multithread::par_chunks_mut(y, 1, self.n * self.k, rows)
-        } else {
-            rows(0, y)
+        ensure!(crew.run(slots.len(), &work), "GptcInt4MatMul: a thread of the kernel failed");
+        drop(slots);
+        if m > 1 {
+            for (j, results) in by_weight_row.chunks_exact(m).enumerate() {
+                for (r, &value) in results.iter().enumerate() {
+                    y[r * n + j] = value;
+                }
+            }
         }
+        Ok(())
     }
+}
+
+/// The dot products of one group of [`ROWS`] weight rows (`x.pairs()` strides of the stream)
+/// with one activation row.
+type Dots = fn(&[u8], &Int8Row) -> [f32; ROWS];
+
+/// The fastest kernel this CPU runs.
+fn kernel() -> Dots {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+        return |group, x| unsafe { dots_avx2(group, x) };
+    }
+    dots
 }
 
 fn has_avx2() -> bool {
@@ -96,98 +141,187 @@ fn has_avx2() -> bool {
     false
 }
 
-/// One activation row in int8, a scale and a sum of codes per block of 32, and the zero-point
-/// correction `8 x` summed per group of 4 codes (the lanes of the AVX2 dot product).
+/// One activation row in int8, laid out as the kernel reads it: per pair of blocks, the first
+/// halves of both blocks (32 codes), then their second halves; per pair, the zero-point
+/// correction `8 sum x` of each block in the first of the four lanes its sums fill. An odd last
+/// block is paired with zeros.
 struct Int8Row {
     codes: Vec<i8>,
-    scales: Vec<f32>,
-    sums: Vec<i32>,
+    /// Per pair, the two blocks' scales alternating, as the weight scales of four rows lie.
+    pair_scales: Vec<[f32; 8]>,
     corrections: Vec<[i32; 8]>,
 }
 
 impl Int8Row {
     fn quantize(x: &[f32]) -> Int8Row {
-        let blocks = x.len() / BLOCK;
+        let pairs = x.len().div_ceil(PAIR);
         let mut row = Int8Row {
-            codes: vec![0; x.len()],
-            scales: vec![0.0; blocks],
-            sums: vec![0; blocks],
-            corrections: vec![[0; 8]; blocks],
+            codes: vec![0; pairs * PAIR],
+            pair_scales: vec![[0.0; 8]; pairs],
+            corrections: vec![[0; 8]; pairs],
         };
+        let to_int8 = block_to_int8();
         for (b, values) in x.chunks_exact(BLOCK).enumerate() {
-            let largest = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = largest / 127.0;
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let codes = &mut row.codes[b * BLOCK..][..BLOCK];
-            for (code, v) in codes.iter_mut().zip(values) {
-                *code = (v * inverse).round().clamp(-127.0, 127.0) as i8;
+            let (pair, half) = (b / 2, b % 2);
+            let (codes, scale) = to_int8(values);
+            for (i, part) in codes.chunks_exact(BLOB).enumerate() {
+                row.codes[Int8Row::index(pair, half, i * BLOB)..][..BLOB].copy_from_slice(part);
             }
-            row.scales[b] = scale;
-            row.sums[b] = codes.iter().map(|&c| c as i32).sum();
-            for (lane, four) in row.corrections[b].iter_mut().zip(codes.chunks_exact(4)) {
-                *lane = 8 * four.iter().map(|&c| c as i32).sum::<i32>();
+            for lane in row.pair_scales[pair].iter_mut().skip(half).step_by(2) {
+                *lane = scale;
             }
+            row.corrections[pair][4 * half] = 8 * codes.iter().map(|&c| c as i32).sum::<i32>();
         }
         row
     }
+
+    /// Where code `i` of block `half` of pair `pair` sits.
+    fn index(pair: usize, half: usize, i: usize) -> usize {
+        pair * PAIR + (i / BLOB) * BLOCK + half * BLOB + i % BLOB
+    }
+
+    fn pairs(&self) -> usize {
+        self.pair_scales.len()
+    }
+}
+
+/// One block of 32 activations as int8 codes and a scale: the largest magnitude maps to 127,
+/// rounded to nearest, ties to even.
+type ToInt8 = fn(&[f32]) -> ([i8; BLOCK], f32);
+
+fn block_to_int8() -> ToInt8 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked at run time).
+        return |values| unsafe { to_int8_avx2(values) };
+    }
+    to_int8
+}
+
+fn to_int8(values: &[f32]) -> ([i8; BLOCK], f32) {
+    let largest = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = largest / 127.0;
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut codes = [0i8; BLOCK];
+    for (code, v) in codes.iter_mut().zip(values) {
+        *code = (v * inverse).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    (codes, scale)
+}
+
+/// [`to_int8`] with AVX2 (its conversion rounds to nearest even, as the default MXCSR has it).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn to_int8_avx2(values: &[f32]) -> ([i8; BLOCK], f32) {
+    use std::arch::x86_64::*;
+    assert_eq!(values.len(), BLOCK);
+    // SAFETY: 32 values, read as four vectors of eight.
+    let v: [__m256; 4] =
+        std::array::from_fn(|i| unsafe { _mm256_loadu_ps(values.as_ptr().add(8 * i)) });
+    let sign = _mm256_set1_ps(-0.0);
+    let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+    let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let largest = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+    let scale = largest / 127.0;
+    let inverse = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+    let ints = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inverse)));
+    // The packs saturate to -128..127 and interleave 128-bit lanes; the permute restores order.
+    let words = [_mm256_packs_epi32(ints[0], ints[1]), _mm256_packs_epi32(ints[2], ints[3])];
+    let bytes = _mm256_packs_epi16(words[0], words[1]);
+    let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let mut codes = [0i8; BLOCK];
+    // SAFETY: 32 bytes into 32 bytes.
+    unsafe { _mm256_storeu_si256(codes.as_mut_ptr() as *mut __m256i, ordered) };
+    (codes, scale)
 }
 
 /// `sum_b ws_b xs_b sum_i (q_i - 8) x_i`, with `sum_i (q_i - 8) x_i = sum_i q_i x_i - 8 sum_i x_i`.
-fn dot(codes: &[u8], scale_bits: &[u32], x: &Int8Row) -> f32 {
-    let mut total = 0f32;
-    for (b, block) in codes.chunks_exact(BLOB).enumerate() {
-        let xs = &x.codes[b * BLOCK..][..BLOCK];
-        let mut sum = 0i32;
-        for (j, &byte) in block.iter().enumerate() {
-            sum += (byte & 0x0f) as i32 * xs[j] as i32 + (byte >> 4) as i32 * xs[j + BLOB] as i32;
+fn dots(group: &[u8], x: &Int8Row) -> [f32; ROWS] {
+    let mut out = [0f32; ROWS];
+    for (pair, stride) in group.chunks_exact(STRIDE).enumerate() {
+        let (codes, scales) = stride.split_at(ROWS * PAIR / 2);
+        for (r, out) in out.iter_mut().enumerate() {
+            for half in 0..2 {
+                let block = &codes[r * PAIR / 2 + half * BLOB..][..BLOB];
+                let mut sum = 0i32;
+                for (j, &byte) in block.iter().enumerate() {
+                    sum += (byte & 0x0f) as i32 * x.codes[Int8Row::index(pair, half, j)] as i32
+                        + (byte >> 4) as i32 * x.codes[Int8Row::index(pair, half, j + BLOB)] as i32;
+                }
+                let scale_bytes = &scales[(r * 2 + half) * 4..][..4];
+                let w_scale = f32::from_le_bytes([
+                    scale_bytes[0],
+                    scale_bytes[1],
+                    scale_bytes[2],
+                    scale_bytes[3],
+                ]);
+                let scale = w_scale * x.pair_scales[pair][half];
+                *out += scale * (sum - x.corrections[pair][4 * half]) as f32;
+            }
         }
-        let scale = f32::from_bits(scale_bits[b]) * x.scales[b];
-        total += scale * (sum - 8 * x.sums[b]) as f32;
     }
-    total
+    out
 }
 
+/// [`dots`] with AVX2: per pair of blocks, the activation loads serve four rows.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(codes: &[u8], scale_bits: &[u32], x: &Int8Row) -> f32 {
+unsafe fn dots_avx2(group: &[u8], x: &Int8Row) -> [f32; ROWS] {
     use std::arch::x86_64::*;
-    let low = _mm_set1_epi8(0x0f);
+    let pairs = x.pairs();
+    assert!(group.len() == pairs * STRIDE && x.codes.len() == pairs * PAIR);
+    let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    // One block's sum of `(q - 8) x` over 8 lanes, times its two scales.
-    let block = |b: usize| {
-        // SAFETY: block `b` is 16 bytes of `codes` and 32 of `x.codes`, both in bounds.
+    // The scales of row r, blocks 0 and 1, are lanes 2r and 2r+1: spread over lanes 0-3 and
+    // 4-7, where the integer sums of the two blocks lie.
+    let spread = [0, 1, 2, 3].map(|r| {
+        _mm256_set_epi32(2 * r + 1, 2 * r + 1, 2 * r + 1, 2 * r + 1, 2 * r, 2 * r, 2 * r, 2 * r)
+    });
+    let mut acc = [_mm256_setzero_ps(); ROWS];
+    for p in 0..pairs {
+        // SAFETY (all loads): stride `p` of the group and pair `p` of `x`, in bounds as asserted.
         unsafe {
-            let packed = _mm_loadu_si128(codes.as_ptr().add(b * BLOB) as *const __m128i);
-            let xs = _mm256_loadu_si256(x.codes.as_ptr().add(b * BLOCK) as *const __m256i);
-            let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-            let q = _mm256_set_m128i(high, _mm_and_si128(packed, low));
-            // Codes are 0..15 and activations -127..127: pairs sum within i16.
-            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xs), ones);
-            let correction = _mm256_loadu_si256(x.corrections[b].as_ptr() as *const __m256i);
-            let scale = f32::from_bits(scale_bits[b]) * x.scales[b];
-            (_mm256_cvtepi32_ps(_mm256_sub_epi32(sums, correction)), _mm256_set1_ps(scale))
+            let stride = group.as_ptr().add(p * STRIDE);
+            let firsts = _mm256_loadu_si256(x.codes.as_ptr().add(p * PAIR) as *const __m256i);
+            let seconds =
+                _mm256_loadu_si256(x.codes.as_ptr().add(p * PAIR + BLOCK) as *const __m256i);
+            let correction = _mm256_loadu_si256(x.corrections[p].as_ptr() as *const __m256i);
+            // Every row's two scales times the two activation scales, at once.
+            let scales = _mm256_mul_ps(
+                _mm256_loadu_ps(stride.add(ROWS * PAIR / 2) as *const f32),
+                _mm256_loadu_ps(x.pair_scales[p].as_ptr()),
+            );
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let packed = _mm256_loadu_si256(stride.add(r * PAIR / 2) as *const __m256i);
+                let q_firsts = _mm256_and_si256(packed, low);
+                let q_seconds = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+                // Codes 0..15 times activations -127..127: four products stay within i16.
+                let pairs16 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(q_firsts, firsts),
+                    _mm256_maddubs_epi16(q_seconds, seconds),
+                );
+                let sums = _mm256_sub_epi32(_mm256_madd_epi16(pairs16, ones), correction);
+                let scale = _mm256_permutevar8x32_ps(scales, spread[r]);
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, *acc);
+            }
         }
-    };
-    // Two accumulators: each block's multiply-add does not wait for the previous one's.
-    let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let blocks = scale_bits.len();
-    for b in (0..blocks - blocks % 2).step_by(2) {
-        let (v, s) = block(b);
-        even = _mm256_fmadd_ps(v, s, even);
-        let (v, s) = block(b + 1);
-        odd = _mm256_fmadd_ps(v, s, odd);
     }
-    if blocks % 2 == 1 {
-        let (v, s) = block(blocks - 1);
-        even = _mm256_fmadd_ps(v, s, even);
-    }
-    let acc = _mm256_add_ps(even, odd);
-    let halves = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
-    _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
+    acc.map(|acc| {
+        let halves = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
+    })
 }
 
-/// `y = A W^T` for a float32 `A` of `[.., k]`: tract's op around [`Int4Weights::matvec`].
+/// `y = A W^T` for a float32 `A` of `[.., k]`: tract's op around [`Int4Weights::matmul`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Int4MatMul {
     pub weights: Arc<Int4Weights>,
@@ -214,9 +348,7 @@ impl EvalOp for Int4MatMul {
         let a = a.as_standard_layout();
         let x = a.as_slice().context("a standard layout array is contiguous")?;
         let mut y = vec![0f32; rows * n];
-        for (x, y) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-            self.weights.matvec(x, y)?;
-        }
+        self.weights.matmul(x, &mut y)?;
         Ok(tvec!(Tensor::from_shape(&shape, &y)?.into_tvalue()))
     }
 }
@@ -249,7 +381,7 @@ mod tests {
         let (w, q) = matrix(k, n, 3);
         let x: Vec<f32> = (0..k).map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0).collect();
         let mut y = vec![0f32; n];
-        Int4Weights::new(&q).matvec(&x, &mut y).unwrap();
+        Int4Weights::new(&q).matmul(&x, &mut y).unwrap();
         let exact: Vec<f32> =
             (0..n).map(|j| (0..k).map(|i| x[i] * w[i * n + j]).sum::<f32>()).collect();
         let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -260,22 +392,47 @@ mod tests {
     }
 
     #[test]
-    fn avx2_and_plain_rust_agree() {
+    fn avx2_and_plain_rust_quantize_activations_alike() {
         if !has_avx2() {
             return;
         }
-        let (k, n) = (128, 7);
-        let (_, q) = matrix(k, n, 11);
-        let weights = Int4Weights::new(&q);
-        let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
-        let row = Int8Row::quantize(&x);
-        for j in 0..n {
-            let codes = &weights.codes[j * 4 * BLOB..][..4 * BLOB];
-            let scales = &weights.scale_bits[j * 4..][..4];
+        let mut values = [0f32; BLOCK];
+        for seed in 0..2000u32 {
+            for (i, v) in values.iter_mut().enumerate() {
+                let t = (seed * 31 + i as u32 * 7919) % 2003;
+                // Halves and exact ties included: codes land on .5 for some blocks.
+                *v = (t as f32 - 1001.0) / if seed % 3 == 0 { 8.0 } else { 997.0 };
+            }
+            if seed % 7 == 0 {
+                values.fill(0.0);
+            }
             // SAFETY: checked above.
-            let fast = unsafe { dot_avx2(codes, scales, &row) };
-            let plain = dot(codes, scales, &row);
-            assert!((fast - plain).abs() <= 1e-5 * plain.abs().max(1.0), "{fast} vs {plain}");
+            assert_eq!(unsafe { to_int8_avx2(&values) }, to_int8(&values), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn every_kernel_and_crew_computes_the_same_as_plain_rust_on_one_thread() {
+        // Odd block counts (a zero block pads the pair), rows not a multiple of four, one and
+        // several activation rows, chunks split over threads.
+        for (k, n, m) in [(32, 5, 1), (96, 7, 3), (768, 131, 1), (3072, 64, 2), (64, 4099, 1)] {
+            let (_, q) = matrix(k, n, k + n);
+            let weights = Int4Weights::new(&q);
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            let mut plain = vec![0f32; m * n];
+            weights.matmul_on(&Crew::new(0), dots, &x, &mut plain).unwrap();
+            let mut fast = vec![0f32; m * n];
+            weights.matmul_on(&Crew::new(1), kernel(), &x, &mut fast).unwrap();
+            for (f, p) in fast.iter().zip(&plain) {
+                assert!((f - p).abs() <= 1e-5 * p.abs().max(1.0), "{k}x{n}x{m}: {f} vs {p}");
+            }
+            for (row, expected) in x.chunks_exact(k).zip(plain.chunks_exact(n)) {
+                let mut alone = vec![0f32; n];
+                weights.matmul(row, &mut alone).unwrap();
+                for (a, e) in alone.iter().zip(expected) {
+                    assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{k}x{n}x{m}: {a} vs {e}");
+                }
+            }
         }
     }
 }
