@@ -13,7 +13,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,24 @@ impl Crew {
             })
             .collect();
         Crew { shared, helpers }
+    }
+
+    /// Runs `work(i, chunk)` for each `chunk_len` slice of `data` (the last may be shorter), on
+    /// the caller and any helper that joins. `false` if a chunk panicked.
+    pub fn run_on_chunks<T: Send>(
+        &self,
+        data: &mut [T],
+        chunk_len: usize,
+        work: impl Fn(usize, &mut [T]) + Sync,
+    ) -> bool {
+        // Each slot is locked once, by the one thread that claimed its chunk.
+        let slots: Vec<Mutex<&mut [T]>> =
+            data.chunks_mut(chunk_len.max(1)).map(Mutex::new).collect();
+        self.run(slots.len(), &|i| {
+            if let Ok(mut slot) = slots[i].lock() {
+                work(i, &mut slot)
+            }
+        })
     }
 
     /// Runs `work(0) .. work(chunks - 1)`, each exactly once, on the caller and any helper that

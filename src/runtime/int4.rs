@@ -10,7 +10,7 @@
 //! activation load serves four rows; it is chosen at run time, else plain Rust computes the same
 //! integers.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::crew::{crew, Crew};
 use gptc_graph::quant::{Int4Matrix, BLOB, BLOCK};
@@ -90,11 +90,8 @@ impl Int4Weights {
         // the `m` results of a weight row side by side, transposed at the end.
         let mut by_weight_row = vec![0f32; if m == 1 { 0 } else { m * n }];
         let out = if m == 1 { &mut *y } else { &mut by_weight_row[..] };
-        let slots: Vec<Mutex<&mut [f32]>> =
-            out.chunks_mut(groups_per_chunk * ROWS * m).map(Mutex::new).collect();
         let group_bytes = self.pairs * STRIDE;
-        let work = |chunk: usize| {
-            let Ok(mut slot) = slots[chunk].lock() else { return };
+        let work = |chunk: usize, slot: &mut [f32]| {
             let first = chunk * groups_per_chunk;
             for (g, results) in slot.chunks_mut(ROWS * m).enumerate() {
                 let group = &self.stream[(first + g) * group_bytes..][..group_bytes];
@@ -106,8 +103,10 @@ impl Int4Weights {
                 }
             }
         };
-        ensure!(crew.run(slots.len(), &work), "GptcInt4MatMul: a thread of the kernel failed");
-        drop(slots);
+        ensure!(
+            crew.run_on_chunks(out, groups_per_chunk * ROWS * m, work),
+            "GptcInt4MatMul: a thread of the kernel failed"
+        );
         if m > 1 {
             for (j, results) in by_weight_row.chunks_exact(m).enumerate() {
                 for (r, &value) in results.iter().enumerate() {

@@ -8,6 +8,7 @@ use tract_onnx::prelude::*;
 
 use gptc_graph::names::{self, InputRole, KvPart};
 
+use super::attention::use_attention_kernel;
 use super::int4::{Int4MatMul, Int4Weights};
 use super::{cache_geometry, Backend, Engine, InputLayout, Outputs};
 use crate::check::{canonical_dim, InferredTensor};
@@ -175,7 +176,8 @@ impl Backend for TractBackend {
 /// The plan-ready form of a loaded model: typed, GELU fused, then optimized.
 pub fn optimized(model: InferenceModel, kernels: &Int4Kernels) -> Result<TypedModel> {
     guarded("optimizing the model", || {
-        use_int4_kernels(fuse_gelu(model.into_typed()?)?, kernels)?.into_optimized()
+        let typed = use_int4_kernels(fuse_gelu(model.into_typed()?)?, kernels)?;
+        use_attention_kernel(typed)?.into_optimized()
     })
 }
 
