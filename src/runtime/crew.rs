@@ -199,7 +199,7 @@ fn help(shared: &Shared, asleep: &AtomicBool, me: usize) {
             continue;
         }
         if idle_since.elapsed() < POLL {
-            std::hint::spin_loop();
+            thread::yield_now();
             continue;
         }
         asleep.store(true, SeqCst);
