@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 
 TOLERANCE = 1e-4
@@ -157,14 +158,14 @@ def numpy_gpt2_logits(w, ids):
     return norm(x, "ln_f")[-1] @ w["wte.weight"].T
 
 
-def compare(gptc, path, tolerance, runtimes=("tract", "ort")):
-    """gptc on tract and on ort against Python ONNX Runtime on the same file; returns the
-    Python run's first-step logits."""
+def compare(gptc, path, tolerance, runtimes=("tract", "ort"), python_path=None):
+    """gptc on tract and on ort against Python ONNX Runtime on the same file (or on
+    `python_path`); returns the Python run's first-step logits."""
     for runtime in runtimes:
         printed = json.loads(run([gptc, "generate", PROMPT, "--model", str(path), "--json",
                                   "--with-logits", "--max-new-tokens", str(NEW_TOKENS),
                                   "--runtime", runtime]))
-        ids, logits = python_ort_greedy(path, printed["prompt_ids"], NEW_TOKENS)
+        ids, logits = python_ort_greedy(python_path or path, printed["prompt_ids"], NEW_TOKENS)
         assert ids == printed["output_ids"], f"{path.name} {runtime}: ids {printed['output_ids']} vs Python ORT {ids}"
         for step, (mine, theirs) in enumerate(zip(printed["step_logits"], logits)):
             mine = np.asarray(mine, np.float32)
@@ -172,6 +173,24 @@ def compare(gptc, path, tolerance, runtimes=("tract", "ort")):
             assert err < tolerance, f"{path.name} {runtime} step {step}: relative error {err}"
         print(f"ok  {path.name:28} {runtime:5} ids {ids}")
     return printed["prompt_ids"], logits[0]
+
+
+def with_zero_points(source, target, accuracy_level):
+    """gptc's 4-bit file as another quantizer may write it: each MatMulNBits given explicit
+    zero points (7, where gptc's symmetric scheme implies 8) and the accuracy level given."""
+    model = onnx.load(source)
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        n, blocks = attrs["N"].i, attrs["K"].i // 32
+        name = f"{node.name}_zero_points"
+        # Two 4-bit zero points a byte, blocks of a row padded to whole bytes.
+        zero_points = np.full(n * ((blocks + 1) // 2), 0x77, np.uint8)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(zero_points, name))
+        node.input.append(name)
+        attrs["accuracy_level"].i = accuracy_level
+    onnx.save(model, target)
 
 
 def main():
@@ -192,6 +211,18 @@ def main():
             checked += len(runtimes)
             path.unlink()
             Path(f"{path}.data").unlink(missing_ok=True)
+
+    # Zero points are outside gptc's own 4-bit kernel: tract must take its own float32 path for
+    # them even at level 4, and so equal ONNX Runtime's exact level 0 on the same weights.
+    exported = work / "tiny-int4.onnx"
+    run([gptc, "export", "-o", str(exported), *TINY, "--quantize", "int4"])
+    level4, level0 = work / "zero-points-level4.onnx", work / "zero-points-level0.onnx"
+    with_zero_points(exported, level4, 4)
+    with_zero_points(exported, level0, 0)
+    compare(gptc, level4, INT4_TOLERANCE, ("tract",), python_path=level0)
+    checked += 1
+    for path in (exported, level4, level0):
+        path.unlink()
 
     checkpoint = work / "hf-tiny"
     tensors = write_hf_checkpoint(checkpoint, seed=5)

@@ -646,25 +646,13 @@ fn float_values(t: &TensorProto) -> Option<Vec<f32>> {
 /// The 4-bit matrix a `MatMulNBits` weight (`W_q4`, `[n, k / 32, 16]` bytes) and its scales
 /// (`[n * k / 32]` floats) hold, checked to agree.
 pub fn int4_matrix(blocks: &TensorProto, scales: &TensorProto) -> Result<crate::quant::Int4Matrix> {
-    use crate::quant::{Int4Matrix, BLOB, BLOCK};
     let bad = |reason: String| Error::Weight { name: blocks.name.clone(), reason };
-    let [n, per_row, blob] = blocks.dims[..] else {
-        return Err(bad(format!("4-bit blocks of dims {:?}", blocks.dims)));
-    };
-    let scales = float_values(scales)
+    let values = float_values(scales)
         .ok_or_else(|| bad(format!("scales `{}` are not floats", scales.name)))?;
-    let (n, per_row) = (n as usize, per_row as usize);
-    if blob as usize != BLOB
-        || blocks.raw_data.len() != n * per_row * BLOB
-        || scales.len() != n * per_row
-    {
-        return Err(bad(format!(
-            "4-bit blocks of dims {:?} and {} scales",
-            blocks.dims,
-            scales.len()
-        )));
-    }
-    Ok(Int4Matrix { k: per_row * BLOCK, n, blocks: blocks.raw_data.clone(), scales })
+    let count = values.len();
+    let dims: Vec<usize> = blocks.dims.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+    crate::quant::Int4Matrix::from_stored(&dims, blocks.raw_data.clone(), values)
+        .ok_or_else(|| bad(format!("4-bit blocks of dims {:?} and {count} scales", blocks.dims)))
 }
 
 /// The parts of a model file that say what it is, decoded without copying its weights:

@@ -27,6 +27,14 @@ pub struct Int4Matrix {
 }
 
 impl Int4Matrix {
+    /// The matrix of stored blocks `[n, k / 32, 16]` and scales `[n * k / 32]`, if they agree.
+    pub fn from_stored(dims: &[usize], blocks: Vec<u8>, scales: Vec<f32>) -> Option<Int4Matrix> {
+        let [n, per_row, blob] = dims[..] else { return None };
+        let agree =
+            blob == BLOB && blocks.len() == n * per_row * BLOB && scales.len() == n * per_row;
+        agree.then_some(Int4Matrix { k: per_row * BLOCK, n, blocks, scales })
+    }
+
     /// Quantizes `w`, `[k, n]` row-major (HF's `[in, out]` Conv1D layout), or with
     /// `transposed`, `[n, k]` (an embedding table used as the output head).
     pub fn quantize(w: &[f32], k: usize, n: usize, transposed: bool) -> Int4Matrix {

@@ -16,6 +16,9 @@ use super::crew::{crew, Crew};
 use gptc_graph::quant::{Int4Matrix, BLOB, BLOCK};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_hir::internal::{
+    expand, Expansion, InferenceOp, InferenceResult, Solver, TensorProxy,
+};
 
 /// Two blocks: the unit of the kernel's loads.
 const PAIR: usize = 2 * BLOCK;
@@ -318,6 +321,116 @@ unsafe fn dots_avx2(group: &[u8], x: &Int8Row) -> [f32; ROWS] {
     })
 }
 
+/// tract-onnx, with gptc's kernel for every `MatMulNBits` node it can take: accuracy level 4
+/// (int8 activations allowed), 4 bits in blocks of 32, no zero points, bias or act-order. The
+/// others keep tract's own expansion (dequantizing inside its float32 matmul). Building the
+/// kernel's weights while tract types the model, from the constants it already holds, means
+/// tract's own 4-bit copy of them is never made and the file is read once.
+pub fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    if let Some(&tracts) = onnx.op_register.0.get("MatMulNBits") {
+        let _ = TRACTS_MATMUL_NBITS.set(tracts);
+        onnx.op_register.insert("MatMulNBits", matmul_nbits);
+    }
+    onnx
+}
+
+type OpBuilder = fn(
+    &tract_onnx::model::ParsingContext,
+    &tract_onnx::pb::NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+
+static TRACTS_MATMUL_NBITS: std::sync::OnceLock<OpBuilder> = std::sync::OnceLock::new();
+
+fn matmul_nbits(
+    ctx: &tract_onnx::model::ParsingContext,
+    node: &tract_onnx::pb::NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let attr = |name: &str| node.get_attr_opt::<i64>(name);
+    let (k, n): (usize, usize) = (node.get_attr("K")?, node.get_attr("N")?);
+    let ours = attr("accuracy_level")? == Some(4)
+        && attr("bits")?.unwrap_or(4) == 4
+        && attr("block_size")? == Some(BLOCK as i64)
+        && k.is_multiple_of(BLOCK)
+        && node.input.iter().skip(3).all(|name| name.is_empty());
+    if ours {
+        return Ok((expand(Int8Level { k, n }), vec![]));
+    }
+    let tracts = TRACTS_MATMUL_NBITS.get().context("tract's MatMulNBits parser")?;
+    tracts(ctx, node)
+}
+
+/// A `MatMulNBits` node that gptc's kernel computes: its weights are read when tract types it.
+#[derive(Debug, Clone)]
+struct Int8Level {
+    k: usize,
+    n: usize,
+}
+
+impl Expansion for Int8Level {
+    fn name(&self) -> StaticName {
+        "GptcMatMulNBits".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        ensure!(outputs.len() == 1, "MatMulNBits has one output");
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        s.equals(&inputs[0].rank, &outputs[0].rank)?;
+        let n = self.n.to_dim();
+        s.given(&inputs[0].rank, move |s, rank| {
+            let last = rank as usize - 1;
+            for axis in 0..last {
+                s.equals(&outputs[0].shape[axis], &inputs[0].shape[axis])?;
+            }
+            s.equals(&outputs[0].shape[last], n.clone())
+        })
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let constant = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
+            let input = inputs.get(i).with_context(|| format!("MatMulNBits: no {what}"))?;
+            model
+                .outlet_fact(*input)?
+                .konst
+                .clone()
+                .with_context(|| format!("MatMulNBits: {what} is not a constant"))
+        };
+        let (blocks, scales) = (constant(1, "weight")?, constant(2, "scales")?);
+        let scales = scales.cast_to::<f32>()?;
+        let matrix = Int4Matrix::from_stored(
+            blocks.shape(),
+            blocks.try_as_plain_ram()?.as_slice::<u8>()?.to_vec(),
+            scales.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+        )
+        .filter(|m| (m.k, m.n) == (self.k, self.n))
+        .with_context(|| {
+            format!(
+                "MatMulNBits {prefix}: weight {:?} for K {} N {}",
+                blocks.shape(),
+                self.k,
+                self.n
+            )
+        })?;
+        let weights = Arc::new(Int4Weights::new(&matrix));
+        let dt = model.outlet_fact(inputs[0])?.datum_type;
+        let cast = tract_onnx::tract_core::ops::cast::cast;
+        let a =
+            model.wire_node(format!("{prefix}.cast_a"), cast(f32::datum_type()), &[inputs[0]])?;
+        let y = model.wire_node(format!("{prefix}.gptc_int4"), Int4MatMul { weights }, &a)?;
+        model.wire_node(format!("{prefix}.cast_y"), cast(dt), &y)
+    }
+}
+
 /// `y = A W^T` for a float32 `A` of `[.., k]`: tract's op around [`Int4Weights::matmul`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Int4MatMul {
@@ -386,6 +499,30 @@ mod tests {
         // int8 activations: about 1/254 of each block's largest value per element.
         assert!(err < 1e-2, "relative error {err}");
         assert!(err > 0.0, "activations were not quantized");
+    }
+
+    #[test]
+    fn level_4_nodes_run_gptcs_kernel_level_0_nodes_tracts_own() {
+        use gptc_graph::{build_model, file, GptConfig, GraphOptions, Quantization, RandomInit};
+        let config = GptConfig {
+            vocab_size: 64,
+            context_length: 16,
+            emb_dim: 64,
+            n_heads: 2,
+            n_layers: 2,
+            drop_rate: 0.0,
+            qkv_bias: false,
+        };
+        for (accuracy_level, ours) in [(4, 2 * 6 + 1), (0, 0)] {
+            let quantization = Quantization::Int4 { accuracy_level };
+            let options = GraphOptions { kv_cache: true, quantization, ..Default::default() };
+            let model = build_model(&config, options, &mut RandomInit { seed: 2 }, None).unwrap();
+            let runtime =
+                crate::runtime::tract::TractRuntime::from_bytes(&file::encode(&model)).unwrap();
+            let plan = runtime.backend().plan().model();
+            let kernels = plan.nodes().iter().filter(|n| n.op_is::<Int4MatMul>()).count();
+            assert_eq!(kernels, ours, "level {accuracy_level}");
+        }
     }
 
     #[test]

@@ -9,11 +9,10 @@ use tract_onnx::prelude::*;
 use gptc_graph::names::{self, InputRole, KvPart};
 
 use super::attention::use_attention_kernel;
-use super::int4::{Int4MatMul, Int4Weights};
+use super::int4::onnx;
 use super::{cache_geometry, Backend, Engine, InputLayout, Outputs};
 use crate::check::{canonical_dim, InferredTensor};
 use crate::{Error, Result};
-use gptc_graph::file;
 
 type Plan = Arc<TypedRunnableModel>;
 
@@ -66,34 +65,24 @@ pub fn use_all_cores() {
 
 impl TractRuntime {
     pub fn from_bytes(bytes: &[u8]) -> Result<TractRuntime> {
-        let model =
-            guarded("loading the model", || tract_onnx::onnx().model_for_read(&mut &bytes[..]))?;
-        let kernels = match has_int4(&model) {
-            true => int4_kernels(&file::decode_model(Path::new("the model"), bytes)?)?,
-            false => Int4Kernels::new(),
-        };
-        TractRuntime::from_inference_model(model, &kernels)
+        let model = guarded("loading the model", || onnx().model_for_read(&mut &bytes[..]))?;
+        TractRuntime::from_inference_model(model)
     }
 
     pub fn from_path(path: &Path) -> Result<TractRuntime> {
-        let model = guarded(&format!("loading {}", path.display()), || {
-            tract_onnx::onnx().model_for_path(path)
-        })?;
-        let kernels = match has_int4(&model) {
-            true => int4_kernels(&file::read_model_with_data(path)?)?,
-            false => Int4Kernels::new(),
-        };
-        TractRuntime::from_inference_model(model, &kernels)
+        let model =
+            guarded(&format!("loading {}", path.display()), || onnx().model_for_path(path))?;
+        TractRuntime::from_inference_model(model)
     }
 
-    fn from_inference_model(model: InferenceModel, kernels: &Int4Kernels) -> Result<TractRuntime> {
+    fn from_inference_model(model: InferenceModel) -> Result<TractRuntime> {
         use_all_cores();
         let inputs = model.input_outlets().map_err(tract_error("inputs"))?;
         let input_names: Vec<String> =
             inputs.iter().map(|o| model.node(o.node).name.clone()).collect();
         let input_names: Vec<&str> = input_names.iter().map(String::as_str).collect();
         let layout = InputLayout::of(&input_names)?;
-        let model = optimized(model, kernels)?;
+        let model = optimized(model)?;
         let output_names: Vec<String> = model
             .output_outlets()
             .map_err(tract_error("outputs"))?
@@ -174,65 +163,10 @@ impl Backend for TractBackend {
 }
 
 /// The plan-ready form of a loaded model: typed, GELU fused, then optimized.
-pub fn optimized(model: InferenceModel, kernels: &Int4Kernels) -> Result<TypedModel> {
+pub fn optimized(model: InferenceModel) -> Result<TypedModel> {
     guarded("optimizing the model", || {
-        let typed = use_int4_kernels(fuse_gelu(model.into_typed()?)?, kernels)?;
-        use_attention_kernel(typed)?.into_optimized()
+        use_attention_kernel(fuse_gelu(model.into_typed()?)?)?.into_optimized()
     })
-}
-
-/// Whether a parsed model has 4-bit matmuls (only then is the file read again for their weights).
-fn has_int4(model: &InferenceModel) -> bool {
-    model.nodes().iter().any(|n| n.op.name() == "MatMulNBits")
-}
-
-/// gptc's 4-bit kernel for each `MatMulNBits` node (by ONNX node name) at accuracy level 4.
-pub type Int4Kernels = std::collections::HashMap<String, Arc<Int4Weights>>;
-
-/// The `MatMulNBits` nodes of a model that ask for int8 activations (accuracy level 4), with
-/// their weights laid out for gptc's kernel; level 0 stays on tract's own float32 path.
-fn int4_kernels(model: &gptc_graph::onnx::ModelProto) -> Result<Int4Kernels> {
-    let Some(graph) = &model.graph else { return Ok(Int4Kernels::new()) };
-    let initializer =
-        |name: Option<&String>| graph.initializer.iter().find(|t| Some(&t.name) == name);
-    let mut kernels = Int4Kernels::new();
-    for node in graph.node.iter().filter(|n| n.op_type == "MatMulNBits") {
-        let level = node.attribute.iter().find(|a| a.name == "accuracy_level").map_or(0, |a| a.i);
-        let (blocks, scales) = (initializer(node.input.get(1)), initializer(node.input.get(2)));
-        let (4, Some(blocks), Some(scales)) = (level, blocks, scales) else { continue };
-        let matrix = file::int4_matrix(blocks, scales)?;
-        kernels.insert(node.name.clone(), Arc::new(Int4Weights::new(&matrix)));
-    }
-    Ok(kernels)
-}
-
-/// Puts gptc's kernel in place of tract's matmul for each node of `kernels`: tract-onnx expands
-/// `MatMulNBits` named `N` into nodes named `N.cast_a`, `N.weight_bq` and `N.matmul`.
-fn use_int4_kernels(mut model: TypedModel, kernels: &Int4Kernels) -> TractResult<TypedModel> {
-    if kernels.is_empty() {
-        return Ok(model);
-    }
-    let matmuls: Vec<(usize, Arc<Int4Weights>)> = model
-        .nodes()
-        .iter()
-        .filter_map(|node| {
-            let onnx_name = node.name.strip_suffix(".matmul")?;
-            Some((node.id, kernels.get(onnx_name)?.clone()))
-        })
-        .collect();
-    for (id, weights) in matmuls {
-        let node = model.node(id);
-        let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(&model, node.inputs[0])?;
-        let y = patch.wire_node(
-            format!("{}.gptc_int4", node.name),
-            Int4MatMul { weights },
-            &[input],
-        )?;
-        patch.shunt_outside(&model, id.into(), y[0])?;
-        patch.apply(&mut model)?;
-    }
-    Ok(model)
 }
 
 /// Rewrites every GELU(tanh) written as gptc writes it,
@@ -317,7 +251,7 @@ fn onnx_dtype_name(dt: DatumType) -> String {
 /// tract's own shape analysis of a model, ignoring the value infos the file declares:
 /// `(inputs, outputs)` with the dims tract derives from the inputs alone.
 pub fn inferred_io(bytes: &[u8]) -> Result<(Vec<InferredTensor>, Vec<InferredTensor>)> {
-    let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    let onnx = onnx().with_ignore_value_info(true);
     describe_io(guarded("analysing the model", || {
         onnx.model_for_read(&mut &bytes[..])?.into_typed()
     })?)
@@ -325,7 +259,7 @@ pub fn inferred_io(bytes: &[u8]) -> Result<(Vec<InferredTensor>, Vec<InferredTen
 
 /// As [`inferred_io`], for a file (whose external data tract reads from beside it).
 pub fn inferred_io_at(path: &Path) -> Result<(Vec<InferredTensor>, Vec<InferredTensor>)> {
-    let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+    let onnx = onnx().with_ignore_value_info(true);
     describe_io(guarded("analysing the model", || onnx.model_for_path(path)?.into_typed())?)
 }
 
