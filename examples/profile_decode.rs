@@ -49,8 +49,10 @@ fn main() -> anyhow::Result<()> {
             let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
             let op = node.op().name();
             let group = if op == "OptMatMul" || op == "GptcInt4MatMul" {
+                // The projection: `h.#.mlp.c_fc` of `h.3.mlp.c_fc.MatMulNBits.gptc_int4`.
                 let name = node.name.replace(|c: char| c.is_ascii_digit(), "#");
-                format!("{op} {}", name.split(".matmul").next().unwrap_or(&name))
+                let layer = name.split("MatMul").next().unwrap_or(&name).trim_end_matches('.');
+                format!("{op} {}", if layer.is_empty() { "head" } else { layer })
             } else {
                 format!("{}", node.op().name())
             };

@@ -71,6 +71,19 @@ impl Int4Weights {
         Int4Weights { k: q.k, n: q.n, pairs, stream }
     }
 
+    /// The matrices one under the other (`n` the sum of theirs), if they share `k` and each
+    /// fills whole groups of rows.
+    fn stack(parts: &[Arc<Int4Weights>]) -> Option<Int4Weights> {
+        let first = parts.first()?;
+        let fits = parts.iter().all(|p| p.k == first.k && p.n.is_multiple_of(ROWS));
+        fits.then(|| Int4Weights {
+            k: first.k,
+            n: parts.iter().map(|p| p.n).sum(),
+            pairs: first.pairs,
+            stream: parts.iter().flat_map(|p| p.stream.iter().copied()).collect(),
+        })
+    }
+
     /// `y = x W^T` for `m` rows `x` of `k` values into `y` of `m` rows of `n`, with `x` quantized
     /// to int8. Each chunk of output rows reads its weights once for all `m` rows (they stay in
     /// the core's cache), and the chunks are shared with the crew.
@@ -422,19 +435,33 @@ impl Expansion for Int8Level {
             )
         })?;
         let weights = Arc::new(Int4Weights::new(&matrix));
+        let op = Int4MatMul::new(weights);
         let dt = model.outlet_fact(inputs[0])?.datum_type;
+        if dt == f32::datum_type() {
+            // Wired straight to the input, so that siblings can be stacked (`stack_siblings`).
+            return model.wire_node(format!("{prefix}.gptc_int4"), op, &[inputs[0]]);
+        }
         let cast = tract_onnx::tract_core::ops::cast::cast;
         let a =
             model.wire_node(format!("{prefix}.cast_a"), cast(f32::datum_type()), &[inputs[0]])?;
-        let y = model.wire_node(format!("{prefix}.gptc_int4"), Int4MatMul { weights }, &a)?;
+        let y = model.wire_node(format!("{prefix}.gptc_int4"), op, &a)?;
         model.wire_node(format!("{prefix}.cast_y"), cast(dt), &y)
     }
 }
 
-/// `y = A W^T` for a float32 `A` of `[.., k]`: tract's op around [`Int4Weights::matmul`].
+/// `y = A W^T` for a float32 `A` of `[.., k]`: tract's op around [`Int4Weights::matmul`]. The
+/// weights may be several matrices stacked along `n` (q, k and v of a layer), one output each.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Int4MatMul {
     pub weights: Arc<Int4Weights>,
+    /// Outputs of each matrix stacked in `weights`, in order; they sum to `weights.n`.
+    pub outputs: TVec<usize>,
+}
+
+impl Int4MatMul {
+    fn new(weights: Arc<Int4Weights>) -> Int4MatMul {
+        Int4MatMul { outputs: tvec![weights.n], weights }
+    }
 }
 
 impl Op for Int4MatMul {
@@ -453,25 +480,77 @@ impl EvalOp for Int4MatMul {
         let (k, n) = (self.weights.k, self.weights.n);
         ensure!(a.shape().last() == Some(&k), "GptcInt4MatMul: input {:?}, k {k}", a.shape());
         let rows = a.len() / k;
-        let mut shape: TVec<usize> = a.shape().into();
-        *shape.last_mut().unwrap_or(&mut 0) = n;
         let a = a.as_standard_layout();
         let x = a.as_slice().context("a standard layout array is contiguous")?;
         let mut y = vec![0f32; rows * n];
         self.weights.matmul(x, &mut y)?;
-        Ok(tvec!(Tensor::from_shape(&shape, &y)?.into_tvalue()))
+        let mut shape: TVec<usize> = a.shape().into();
+        let mut first = 0;
+        let mut outputs = TVec::new();
+        for &width in &self.outputs {
+            *shape.last_mut().context("rank 0")? = width;
+            let part: Vec<f32> =
+                y.chunks_exact(n).flat_map(|row| &row[first..first + width]).copied().collect();
+            outputs.push(Tensor::from_shape(&shape, &part)?.into_tvalue());
+            first += width;
+        }
+        Ok(outputs)
     }
 }
 
 impl TypedOp for Int4MatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape = inputs[0].shape.clone();
-        let last = shape.rank() - 1;
-        shape.set(last, self.weights.n.to_dim());
-        Ok(tvec!(f32::fact(shape)))
+        let last = inputs[0].rank() - 1;
+        let fact = |width: &usize| {
+            let mut shape = inputs[0].shape.clone();
+            shape.set(last, width.to_dim());
+            f32::fact(shape)
+        };
+        Ok(self.outputs.iter().map(fact).collect())
     }
 
     as_op!();
+}
+
+/// Makes one op of the 4-bit matmuls that read the same input (q, k and v of a layer): the
+/// activations are quantized once and the crew gets one job, not three short ones.
+pub fn stack_siblings(mut model: TypedModel) -> TractResult<TypedModel> {
+    let mut by_input: Vec<(OutletId, Vec<usize>)> = Vec::new();
+    for node in model.nodes() {
+        let Some(op) = node.op_as::<Int4MatMul>() else { continue };
+        // Stacked streams stay aligned only if every matrix fills whole groups of rows.
+        if op.outputs.len() != 1 || !op.weights.n.is_multiple_of(ROWS) {
+            continue;
+        }
+        match by_input.iter_mut().find(|(input, _)| *input == node.inputs[0]) {
+            Some((_, ids)) => ids.push(node.id),
+            None => by_input.push((node.inputs[0], vec![node.id])),
+        }
+    }
+    for (input, ids) in by_input.into_iter().filter(|(_, ids)| ids.len() > 1) {
+        let parts: Vec<Arc<Int4Weights>> = ids
+            .iter()
+            .filter_map(|&id| model.node(id).op_as::<Int4MatMul>().map(|op| op.weights.clone()))
+            .collect();
+        let Some(weights) = Int4Weights::stack(&parts) else { continue };
+        let outputs = parts.iter().map(|w| w.n).collect();
+        let mut patch = TypedModelPatch::default();
+        let tap = patch.tap_model(&model, input)?;
+        // `h.3.attn.` of `h.3.attn.q_proj...`, `h.3.attn.k_proj...`: the scope they share.
+        let names: Vec<&str> = ids.iter().map(|&id| model.node(id).name.as_str()).collect();
+        let shared = names.iter().fold(names[0], |common, name| {
+            let len = common.bytes().zip(name.bytes()).take_while(|(a, b)| a == b).count();
+            &common[..len]
+        });
+        let name = format!("{shared}stacked_int4");
+        let op = Int4MatMul { weights: Arc::new(weights), outputs };
+        let stacked = patch.wire_node(name, op, &[tap])?;
+        for (&id, &out) in ids.iter().zip(&stacked) {
+            patch.shunt_outside(&model, id.into(), out)?;
+        }
+        patch.apply(&mut model)?;
+    }
+    Ok(model)
 }
 
 #[cfg(test)]
@@ -520,9 +599,36 @@ mod tests {
             let runtime =
                 crate::runtime::tract::TractRuntime::from_bytes(&file::encode(&model)).unwrap();
             let plan = runtime.backend().plan().model();
-            let kernels = plan.nodes().iter().filter(|n| n.op_is::<Int4MatMul>()).count();
-            assert_eq!(kernels, ours, "level {accuracy_level}");
+            let ops: Vec<&Int4MatMul> =
+                plan.nodes().iter().filter_map(|n| n.op_as::<Int4MatMul>()).collect();
+            let matrices: usize = ops.iter().map(|op| op.outputs.len()).sum();
+            assert_eq!(matrices, ours, "level {accuracy_level}");
+            // q, k and v of each layer: one op.
+            let stacked = ops.iter().filter(|op| op.outputs.len() == 3).count();
+            assert_eq!(stacked, if ours > 0 { 2 } else { 0 }, "level {accuracy_level}");
         }
+    }
+
+    #[test]
+    fn stacked_matrices_give_each_matrixs_own_product() {
+        let (k, m) = (96, 3);
+        let parts: Vec<Arc<Int4Weights>> =
+            [8, 20, 4].iter().map(|&n| Arc::new(Int4Weights::new(&matrix(k, n, n).1))).collect();
+        let stacked = Int4Weights::stack(&parts).unwrap();
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.61).cos()).collect();
+        let mut all = vec![0f32; m * stacked.n];
+        stacked.matmul(&x, &mut all).unwrap();
+        let mut first = 0;
+        for part in &parts {
+            let mut own = vec![0f32; m * part.n];
+            part.matmul(&x, &mut own).unwrap();
+            for (row, own) in all.chunks_exact(stacked.n).zip(own.chunks_exact(part.n)) {
+                assert_eq!(&row[first..first + part.n], own);
+            }
+            first += part.n;
+        }
+        let odd = Arc::new(Int4Weights::new(&matrix(k, 6, 1).1));
+        assert!(Int4Weights::stack(&[parts[0].clone(), odd]).is_none(), "6 rows: a partial group");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tract_onnx::prelude::*;
 use gptc_graph::names::{self, InputRole, KvPart};
 
 use super::attention::use_attention_kernel;
-use super::int4::onnx;
+use super::int4::{onnx, stack_siblings};
 use super::{cache_geometry, Backend, Engine, InputLayout, Outputs};
 use crate::check::{canonical_dim, InferredTensor};
 use crate::{Error, Result};
@@ -165,7 +165,7 @@ impl Backend for TractBackend {
 /// The plan-ready form of a loaded model: typed, GELU fused, then optimized.
 pub fn optimized(model: InferenceModel) -> Result<TypedModel> {
     guarded("optimizing the model", || {
-        use_attention_kernel(fuse_gelu(model.into_typed()?)?)?.into_optimized()
+        use_attention_kernel(stack_siblings(fuse_gelu(model.into_typed()?)?)?)?.into_optimized()
     })
 }
 
