@@ -12,7 +12,11 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::SimpleState;
 
 fn main() -> anyhow::Result<()> {
-    let int4 = std::env::args().nth(1).as_deref() != Some("f32");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let int4 = !args.iter().any(|a| a == "f32");
+    // `prefill N`: time three prompts of N tokens instead of decode steps.
+    let prefill: Option<usize> =
+        args.iter().position(|a| a == "prefill").and_then(|i| args.get(i + 1)?.parse().ok());
     let config = GptConfig::preset("gpt2-small")?;
     let quantization =
         if int4 { Quantization::Int4 { accuracy_level: 4 } } else { Quantization::None };
@@ -32,10 +36,22 @@ fn main() -> anyhow::Result<()> {
         (0..2 * layers).map(|_| Tensor::zero::<f32>(&[1, 12, 0, 64]).unwrap().into()).collect();
     let mut len = 0usize;
     let mut totals: BTreeMap<String, f64> = BTreeMap::new();
-    let steps = 40;
+    let steps = if prefill.is_some() { 3 } else { 40 };
     let mut wall = 0.0;
     for step in 0..steps + 1 {
-        let n = if step == 0 { 16 } else { 1 };
+        if let Some(n) = prefill.filter(|_| step > 0) {
+            // Each timed prompt starts a new sequence.
+            past = (0..2 * layers)
+                .map(|_| Tensor::zero::<f32>(&[1, 12, 0, 64]).unwrap().into())
+                .collect();
+            len = 0;
+            let _ = n;
+        }
+        let n = match prefill {
+            Some(n) if step > 0 => n,
+            _ if step == 0 => 16,
+            _ => 1,
+        };
         let mut inputs: TVec<TValue> = tvec![
             ids((0..n as i64).map(|i| (i * 7919) % 50000).collect(), n),
             ids(vec![1; len + n], len + n),

@@ -33,6 +33,10 @@ const STRIDE: usize = ROWS * (PAIR / 2) + ROWS * 2 * 2;
 /// that runs slow delays the end of a matmul by little.
 const CHUNK_WEIGHTS: usize = 1 << 16;
 
+/// For a prompt: activation rows a chunk takes (their int8 codes and scales, 1.5 KB each at
+/// k = 768, stay in the first-level cache while every group of weights passes over them).
+const PROMPT_ROWS: usize = 16;
+
 /// A `[n, k]` 4-bit matrix laid out for the kernel as one stream read front to back: rows in
 /// groups of [`ROWS`], and per group and pair of blocks, each row's 32 bytes of codes and then
 /// the 8 scales in float16 (row by row, block by block: a fifth fewer bytes than float32, and
@@ -100,29 +104,46 @@ impl Int4Weights {
             x.len(),
             y.len()
         );
-        let activations: Vec<Int8Row> = x.chunks_exact(k).map(Int8Row::quantize).collect();
+        let group_bytes = self.pairs * STRIDE;
+        let group = |g: usize| &self.stream[g * group_bytes..][..group_bytes];
+        let failed = || format_err!("GptcInt4MatMul: a thread of the kernel failed");
+        if m >= 2 * PROMPT_ROWS {
+            // A prompt: blocks of its rows, each quantized by the thread that takes it and passed
+            // over every group of weights; each block writes its own rows of `y`.
+            let work = |block: usize, ys: &mut [f32]| {
+                let xs = &x[block * PROMPT_ROWS * k..][..ys.len() / n * k];
+                let rows: Vec<Int8Row> = xs.chunks_exact(k).map(Int8Row::quantize).collect();
+                for g in 0..n.div_ceil(ROWS) {
+                    let width = ROWS.min(n - g * ROWS);
+                    for (r, row) in rows.iter().enumerate() {
+                        let values = dots(group(g), row);
+                        ys[r * n + g * ROWS..][..width].copy_from_slice(&values[..width]);
+                    }
+                }
+            };
+            return crew.run_on_chunks(y, PROMPT_ROWS * n, work).then_some(()).ok_or_else(failed);
+        }
+        // A decode step (one row, or one per sequence of a batch): chunks of weight groups, each
+        // passing the rows over its weights. One row writes `y` in place; several write each
+        // weight row's results side by side, transposed at the end.
+        let rows: Vec<Int8Row> = x.chunks_exact(k).map(Int8Row::quantize).collect();
         let groups_per_chunk = (CHUNK_WEIGHTS / (ROWS * k * m)).max(1);
-        // One activation row: `y` is in the output rows' order already; else each chunk writes
-        // the `m` results of a weight row side by side, transposed at the end.
         let mut by_weight_row = vec![0f32; if m == 1 { 0 } else { m * n }];
         let out = if m == 1 { &mut *y } else { &mut by_weight_row[..] };
-        let group_bytes = self.pairs * STRIDE;
         let work = |chunk: usize, slot: &mut [f32]| {
-            let first = chunk * groups_per_chunk;
             for (g, results) in slot.chunks_mut(ROWS * m).enumerate() {
-                let group = &self.stream[(first + g) * group_bytes..][..group_bytes];
-                for (r, x) in activations.iter().enumerate() {
-                    let values = dots(group, x);
+                let group = group(chunk * groups_per_chunk + g);
+                for (r, row) in rows.iter().enumerate() {
+                    let values = dots(group, row);
                     for (i, value) in values.iter().take(results.len() / m).enumerate() {
                         results[i * m + r] = *value;
                     }
                 }
             }
         };
-        ensure!(
-            crew.run_on_chunks(out, groups_per_chunk * ROWS * m, work),
-            "GptcInt4MatMul: a thread of the kernel failed"
-        );
+        if !crew.run_on_chunks(out, groups_per_chunk * ROWS * m, work) {
+            return Err(failed());
+        }
         if m > 1 {
             for (j, results) in by_weight_row.chunks_exact(m).enumerate() {
                 for (r, &value) in results.iter().enumerate() {
@@ -140,12 +161,25 @@ type Dots = fn(&[u8], &Int8Row) -> [f32; ROWS];
 
 /// The fastest kernel this CPU runs.
 fn kernel() -> Dots {
+    kernels().last().map_or(dots, |&(_, fastest)| fastest)
+}
+
+/// Every kernel this CPU runs, slowest first: plain Rust, AVX2, AVX-512 VNNI.
+fn kernels() -> Vec<(&'static str, Dots)> {
+    let mut all: Vec<(&'static str, Dots)> = vec![("plain", dots)];
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
-        return |group, x| unsafe { dots_avx2(group, x) };
+        all.push(("avx2", |group, x| unsafe { dots_avx2(group, x) }));
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+        {
+            // SAFETY: and AVX-512 F, BW and VNNI (checked at run time).
+            all.push(("avx512vnni", |group, x| unsafe { dots_avx512vnni(group, x) }));
+        }
     }
-    dots
+    all
 }
 
 fn has_avx2() -> bool {
@@ -327,11 +361,14 @@ unsafe fn dots_avx2(group: &[u8], x: &Int8Row) -> [f32; ROWS] {
             }
         }
     }
-    acc.map(|acc| {
-        let halves = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
-        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
-    })
+    // Pairwise sums across the four rows, then the two 128-bit halves: lane r is row r's sum.
+    let [a, b, c, d] = acc;
+    let sums = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    let total = _mm_add_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
+    let mut out = [0f32; ROWS];
+    // SAFETY: four floats into four.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), total) };
+    out
 }
 
 /// tract-onnx, with gptc's kernel for every `MatMulNBits` node it can take: accuracy level 4
@@ -447,6 +484,89 @@ impl Expansion for Int8Level {
         let y = model.wire_node(format!("{prefix}.gptc_int4"), op, &a)?;
         model.wire_node(format!("{prefix}.cast_y"), cast(dt), &y)
     }
+}
+
+/// [`dots`] with AVX-512 VNNI: a 64-byte load holds one pair of blocks of two rows, and
+/// `vpdpbusd` multiplies codes by activations and sums them into 32-bit lanes in one step.
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C and AVX-512 F, BW and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+unsafe fn dots_avx512vnni(group: &[u8], x: &Int8Row) -> [f32; ROWS] {
+    use std::arch::x86_64::*;
+    let pairs = x.pairs();
+    assert!(group.len() == pairs * STRIDE && x.codes.len() == pairs * PAIR);
+    let low = _mm512_set1_epi8(0x0f);
+    // Lanes 0-3 / 4-7 / 8-11 / 12-15 of a register of rows r, r+1 take the scales of
+    // (r, block 0), (r, block 1), (r+1, block 0), (r+1, block 1): lanes 2r .. 2r+3 of the eight.
+    let spread = |r: i32| {
+        _mm512_set_epi32(
+            2 * r + 3,
+            2 * r + 3,
+            2 * r + 3,
+            2 * r + 3,
+            2 * r + 2,
+            2 * r + 2,
+            2 * r + 2,
+            2 * r + 2,
+            2 * r + 1,
+            2 * r + 1,
+            2 * r + 1,
+            2 * r + 1,
+            2 * r,
+            2 * r,
+            2 * r,
+            2 * r,
+        )
+    };
+    let spreads = [spread(0), spread(2)];
+    let mut acc = [_mm512_setzero_ps(); ROWS / 2];
+    for p in 0..pairs {
+        // SAFETY (all loads): stride `p` of the group and pair `p` of `x`, in bounds as asserted.
+        unsafe {
+            let stride = group.as_ptr().add(p * STRIDE);
+            let both =
+                |v: *const i8| _mm512_broadcast_i64x4(_mm256_loadu_si256(v as *const __m256i));
+            let firsts = both(x.codes.as_ptr().add(p * PAIR));
+            let seconds = both(x.codes.as_ptr().add(p * PAIR + BLOCK));
+            let correction = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                x.corrections[p].as_ptr() as *const __m256i
+            ));
+            let scales = _mm256_mul_ps(
+                _mm256_cvtph_ps(_mm_loadu_si128(stride.add(ROWS * PAIR / 2) as *const __m128i)),
+                _mm256_loadu_ps(x.pair_scales[p].as_ptr()),
+            );
+            let scales = _mm512_castps256_ps512(scales);
+            for (half, acc) in acc.iter_mut().enumerate() {
+                let packed = _mm512_loadu_si512(stride.add(half * PAIR) as *const __m512i);
+                let q_firsts = _mm512_and_si512(packed, low);
+                let q_seconds = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q_firsts, firsts);
+                let sums = _mm512_dpbusd_epi32(sums, q_seconds, seconds);
+                let sums = _mm512_sub_epi32(sums, correction);
+                let scale = _mm512_permutexvar_ps(spreads[half], scales);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, *acc);
+            }
+        }
+    }
+    // Rows 0-3 hold eight lanes each (two 128-bit quarters): add the quarters pairwise, then
+    // the four lanes of each quarter, and take lane 0 of each.
+    let [a, b] = acc;
+    let quarters = _mm512_add_ps(
+        _mm512_shuffle_f32x4(a, b, 0b10_00_10_00),
+        _mm512_shuffle_f32x4(a, b, 0b11_01_11_01),
+    );
+    let pairs = _mm512_add_ps(quarters, _mm512_permute_ps(quarters, 0b10_11_00_01));
+    let sums = _mm512_add_ps(pairs, _mm512_permute_ps(pairs, 0b01_00_11_10));
+    let firsts = _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        sums,
+    );
+    let mut out = [0f32; ROWS];
+    // SAFETY: four floats into four.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), _mm512_castps512_ps128(firsts)) };
+    out
 }
 
 /// `y = A W^T` for a float32 `A` of `[.., k]`: tract's op around [`Int4Weights::matmul`]. The
@@ -653,18 +773,22 @@ mod tests {
 
     #[test]
     fn every_kernel_and_crew_computes_the_same_as_plain_rust_on_one_thread() {
-        // Odd block counts (a zero block pads the pair), rows not a multiple of four, one and
-        // several activation rows, chunks split over threads.
-        for (k, n, m) in [(32, 5, 1), (96, 7, 3), (768, 131, 1), (3072, 64, 2), (64, 4099, 1)] {
+        // Odd block counts (a zero block pads the pair), rows not a multiple of four, one row,
+        // a few (a batch) and a prompt's many (blocks of 16 and a rest), split over threads.
+        let shapes = [(32, 5, 1), (96, 7, 3), (768, 131, 1), (3072, 64, 2), (64, 4099, 1)];
+        for (k, n, m) in shapes.into_iter().chain([(96, 130, 40), (64, 7, 33)]) {
             let (_, q) = matrix(k, n, k + n);
             let weights = Int4Weights::new(&q);
             let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
             let mut plain = vec![0f32; m * n];
             weights.matmul_on(&Crew::new(0), dots, &x, &mut plain).unwrap();
-            let mut fast = vec![0f32; m * n];
-            weights.matmul_on(&Crew::new(1), kernel(), &x, &mut fast).unwrap();
-            for (f, p) in fast.iter().zip(&plain) {
-                assert!((f - p).abs() <= 1e-5 * p.abs().max(1.0), "{k}x{n}x{m}: {f} vs {p}");
+            for (name, kernel) in kernels() {
+                let mut fast = vec![0f32; m * n];
+                weights.matmul_on(&Crew::new(1), kernel, &x, &mut fast).unwrap();
+                for (f, p) in fast.iter().zip(&plain) {
+                    let close = (f - p).abs() <= 1e-5 * p.abs().max(1.0);
+                    assert!(close, "{name} {k}x{n}x{m}: {f} vs {p}");
+                }
             }
             for (row, expected) in x.chunks_exact(k).zip(plain.chunks_exact(n)) {
                 let mut alone = vec![0f32; n];
