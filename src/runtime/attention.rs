@@ -1,13 +1,11 @@
-//! One layer's attention, `softmax(q k^T c + bias) v`, as one tract op for decode steps.
+//! One layer's attention, `softmax(q k^T c + bias) v`, as one tract op.
 //!
 //! tract runs it as two batched matmuls whose operands it packs first: at every decode step it
 //! packs the whole key and value cache of every layer for one query row, and the packing and
-//! twelve one-row matmuls took 0.8 of a 3.6 ms int4 gpt2-small step (BENCHMARKS.md). For one
-//! query row this op reads each key and value once instead, spread over the crew by head. Prompts
-//! of several rows run the layer's own tract ops, kept as a plan of their own: they are matrix
-//! products, which tract's packed kernels do well.
-
-use std::sync::Arc;
+//! twelve one-row matmuls took 0.8 of a 3.6 ms int4 gpt2-small step (BENCHMARKS.md). This op
+//! reads each key and value once per block of query rows instead, skips the keys the causal
+//! mask hides, and spreads the heads over the crew: faster than tract's own ops for one query
+//! row and for prompts of 16 to 1024 (BENCHMARKS.md).
 
 use tract_onnx::prelude::tract_ndarray::{s, Ix4};
 use tract_onnx::prelude::*;
@@ -21,17 +19,10 @@ use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 use super::crew::crew;
 
 /// `softmax(q k^T scale + bias) v` for `q` `[B, H, S, D]`, `k` and `v` `[B, H, T, D]`, `bias`
-/// broadcastable to `[B, H, S, T]`: ours for `S = 1`, `layer`'s own ops otherwise.
-#[derive(Debug, Clone)]
+/// broadcastable to `[B, H, S, T]`; the result with its heads merged, `[B, S, H, D]`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Attention {
     scale: f32,
-    layer: Arc<TypedRunnableModel>,
-}
-
-impl PartialEq for Attention {
-    fn eq(&self, other: &Attention) -> bool {
-        self.scale.to_bits() == other.scale.to_bits() && Arc::ptr_eq(&self.layer, &other.layer)
-    }
 }
 
 impl Eq for Attention {}
@@ -48,20 +39,17 @@ impl EvalOp for Attention {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        match inputs[0].shape().get(2) {
-            Some(1) => Ok(tvec!(self.one_query(&inputs)?)),
-            _ => self.layer.run(inputs),
-        }
+        Ok(tvec!(self.attend(&inputs)?))
     }
 }
 
 impl Attention {
-    fn one_query(&self, inputs: &[TValue]) -> TractResult<TValue> {
+    fn attend(&self, inputs: &[TValue]) -> TractResult<TValue> {
         let q = inputs[0].to_plain_array_view::<f32>()?.into_dimensionality::<Ix4>()?;
         let k = inputs[1].to_plain_array_view::<f32>()?.into_dimensionality::<Ix4>()?;
         let v = inputs[2].to_plain_array_view::<f32>()?.into_dimensionality::<Ix4>()?;
         let bias = inputs[3].to_plain_array_view::<f32>()?.into_dimensionality::<Ix4>()?;
-        let (batch, heads, _, dim) = q.dim();
+        let (batch, heads, queries, dim) = q.dim();
         let keys = k.dim().2;
         ensure!(
             k.dim() == (batch, heads, keys, dim) && v.dim() == k.dim(),
@@ -71,23 +59,36 @@ impl Attention {
             v.shape()
         );
         let bias = bias
-            .broadcast((batch, heads, 1, keys))
+            .broadcast((batch, heads, queries, keys))
             .with_context(|| format!("GptcAttention: bias {:?}", inputs[3].shape()))?;
-        let mut out = vec![0f32; batch * heads * dim];
+        // `[B, H, S, D]`, a head's rows side by side; merged into `[B, S, H, D]` below.
+        let mut by_head = vec![0f32; batch * heads * queries * dim];
         let head = |i: usize, out: &mut [f32]| {
             let (b, h) = (i / heads, i % heads);
-            let q = q.slice(s![b, h, 0, ..]);
             let k = k.slice(s![b, h, .., ..]);
             let v = v.slice(s![b, h, .., ..]);
-            let bias = bias.slice(s![b, h, 0, ..]);
-            let (Some(q), Some(k), Some(v)) = (q.as_slice(), k.as_slice(), v.as_slice()) else {
-                return;
-            };
-            attend(q, k, v, &bias.to_vec(), self.scale, out);
+            let (Some(k), Some(v)) = (k.as_slice(), v.as_slice()) else { return };
+            let mut scratch = Scratch::default();
+            // A block of query rows at a time: each key and value is read once for the block.
+            for (block, out) in out.chunks_mut(QUERY_BLOCK * dim).enumerate() {
+                let rows = block * QUERY_BLOCK..block * QUERY_BLOCK + out.len() / dim;
+                let q = q.slice(s![b, h, rows.clone(), ..]);
+                let Some(q) = q.as_slice() else { return };
+                scratch.bias.clear();
+                scratch.bias.extend(bias.slice(s![b, h, rows, ..]).iter());
+                attend(q, k, v, dim, self.scale, &mut scratch, out);
+            }
         };
-        ensure!(crew().run_on_chunks(&mut out, dim, head), "GptcAttention: a thread failed");
-        // `[B, 1, H, D]`: heads merged back, in the order the output projection reads them.
-        Ok(Tensor::from_shape(&[batch, 1, heads, dim], &out)?.into_tvalue())
+        let done = crew().run_on_chunks(&mut by_head, queries * dim, head);
+        ensure!(done, "GptcAttention: a thread failed");
+        let mut merged = vec![0f32; by_head.len()];
+        for (i, rows) in by_head.chunks_exact(queries * dim).enumerate() {
+            let (b, h) = (i / heads, i % heads);
+            for (query, row) in rows.chunks_exact(dim).enumerate() {
+                merged[((b * queries + query) * heads + h) * dim..][..dim].copy_from_slice(row);
+            }
+        }
+        Ok(Tensor::from_shape(&[batch, queries, heads, dim], &merged)?.into_tvalue())
     }
 }
 
@@ -103,41 +104,194 @@ impl TypedOp for Attention {
     as_op!();
 }
 
-/// One query row against `T` keys and values of `D` (`k`, `v` row-major `[T, D]`).
-fn attend(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], scale: f32, out: &mut [f32]) {
+/// Query rows attended together: their keys and values are read from the cache once.
+const QUERY_BLOCK: usize = 8;
+
+/// A block's biases (copied out of their broadcast), scores and sums, reused block to block.
+#[derive(Default)]
+struct Scratch {
+    bias: Vec<f32>,
+    weights: Vec<f32>,
+    totals: Vec<f32>,
+}
+
+/// A few query rows `q` (`[R, D]`) against `T` keys and values (`k`, `v` row-major `[T, D]`).
+fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dim: usize,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked at run time).
-        return unsafe { attend_avx2(q, k, v, bias, scale, out) };
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+        return unsafe { attend_avx2(q, k, v, dim, scale, scratch, out) };
     }
-    attend_any(q, k, v, bias, scale, out)
+    attend_any(q, k, v, dim, scale, scratch, out)
 }
 
 /// [`attend_any`] compiled for AVX2: the same arithmetic, eight lanes at a time.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attend_avx2(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], scale: f32, out: &mut [f32]) {
-    attend_any(q, k, v, bias, scale, out)
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dim: usize,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    attend_any(q, k, v, dim, scale, scratch, out)
 }
 
+/// The graph's `softmax(q k^T scale + bias) v` for each row. A key whose bias is `f32::MIN` (or
+/// -inf: gptc's mask) gets the bias as its score without the dot product: adding a finite score
+/// below 2^103 in magnitude to `f32::MIN` rounds back to `f32::MIN`, so this is the same number.
+/// Its weight is then 0 unless every key is masked, and zero weights skip their value row.
 #[inline(always)]
-fn attend_any(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], scale: f32, out: &mut [f32]) {
-    let dim = q.len();
-    let mut weights: Vec<f32> =
-        k.chunks_exact(dim).zip(bias).map(|(key, b)| dot(q, key) * scale + b).collect();
-    let largest = weights.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
-    let mut total = 0f32;
-    for w in &mut weights {
-        *w = (*w - largest).exp();
-        total += *w;
-    }
-    out.fill(0.0);
-    for (value, w) in v.chunks_exact(dim).zip(&weights) {
-        let w = w / total;
-        for (o, x) in out.iter_mut().zip(value) {
-            *o += w * x;
+fn attend_any(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dim: usize,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    let (rows, keys) = (q.len() / dim, k.len() / dim);
+    let Scratch { bias, weights, totals } = scratch;
+    weights.clear();
+    weights.resize(rows * keys, 0.0);
+    let score = |dot: f32, b: f32| match b <= f32::MIN {
+        true => b,
+        false => dot * scale + b,
+    };
+    if rows == QUERY_BLOCK && dim.is_multiple_of(8) {
+        // Each key against the whole block in independent lanes; keys the block cannot see
+        // (the causal mask's upper triangle) cost no multiply at all.
+        for (t, key) in k.chunks_exact(dim).enumerate() {
+            let hidden = (0..rows).all(|r| bias[r * keys + t] <= f32::MIN);
+            let dots = if hidden { [0.0; QUERY_BLOCK] } else { block_dots(q, key) };
+            for (r, dot) in dots.into_iter().enumerate() {
+                weights[r * keys + t] = score(dot, bias[r * keys + t]);
+            }
+        }
+    } else {
+        for (t, key) in k.chunks_exact(dim).enumerate() {
+            for (r, query) in q.chunks_exact(dim).enumerate() {
+                let b = bias[r * keys + t];
+                weights[r * keys + t] = if b <= f32::MIN { b } else { score(dot(query, key), b) };
+            }
         }
     }
+    totals.clear();
+    for row in weights.chunks_exact_mut(keys) {
+        let largest = row.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
+        for w in row.iter_mut() {
+            *w = exp(*w - largest);
+        }
+        totals.push(sum(row));
+    }
+    out.fill(0.0);
+    if dim.is_multiple_of(32) {
+        // Per row, 32 outputs at a time in four independent lanes of eight, values in key order:
+        // the same sums as below, without one long chain of additions.
+        let values = v.as_chunks::<8>().0;
+        let eights = dim / 8;
+        for ((weights, total), out) in
+            weights.chunks_exact(keys).zip(totals.iter()).zip(out.chunks_exact_mut(dim))
+        {
+            for (part, out) in out.chunks_exact_mut(32).enumerate() {
+                let mut acc = [[0f32; 8]; 4];
+                for (t, &w) in weights.iter().enumerate() {
+                    if w == 0.0 {
+                        continue;
+                    }
+                    let w = w / total;
+                    let value = &values[t * eights + part * 4..][..4];
+                    for (acc, value) in acc.iter_mut().zip(value) {
+                        for l in 0..8 {
+                            acc[l] += w * value[l];
+                        }
+                    }
+                }
+                out.copy_from_slice(acc.as_flattened());
+            }
+        }
+        return;
+    }
+    for (t, value) in v.chunks_exact(dim).enumerate() {
+        for (r, out) in out.chunks_exact_mut(dim).enumerate() {
+            let w = weights[r * keys + t];
+            if w == 0.0 {
+                continue;
+            }
+            let w = w / totals[r];
+            for (o, x) in out.iter_mut().zip(value) {
+                *o += w * x;
+            }
+        }
+    }
+}
+
+/// [`dot`] of each of the [`QUERY_BLOCK`] rows of `q` with `key` (`dim` a multiple of 8), all
+/// rows' lanes at once.
+#[inline(always)]
+fn block_dots(q: &[f32], key: &[f32]) -> [f32; QUERY_BLOCK] {
+    let eights = key.len() / 8;
+    let (queries, keys) = (q.as_chunks::<8>().0, key.as_chunks::<8>().0);
+    let mut lanes = [[0f32; 8]; QUERY_BLOCK];
+    for (c, key) in keys.iter().enumerate() {
+        for (r, lanes) in lanes.iter_mut().enumerate() {
+            let query = &queries[r * eights + c];
+            for l in 0..8 {
+                lanes[l] += query[l] * key[l];
+            }
+        }
+    }
+    lanes.map(|[a, b, c, d, e, f, g, h]| ((a + e) + (b + f)) + ((c + g) + (d + h)))
+}
+
+/// `e^x` in plain arithmetic, so that a loop of it runs in vector registers: `2^n e^r` with
+/// `n = round(x / ln 2)`, `r` reduced in two parts (Cody and Waite) and `e^r` by its Taylor
+/// polynomial to `r^7` (|r| <= 0.35: under 1e-7 relative). Below -87 it is 0, as `expf` rounds.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LN2_HIGH: f32 = 0.693_359_4;
+    const LN2_LOW: f32 = -2.121_944_4e-4;
+    let clamped = x.clamp(-87.0, 88.0);
+    let n = (clamped * std::f32::consts::LOG2_E).round_ties_even();
+    let r = clamped - n * LN2_HIGH - n * LN2_LOW;
+    let mut p = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p * r + c;
+    }
+    // 2^n from the bits of n + 127 + 1.5 * 2^23, whose low mantissa bits are n + 127.
+    let two_n = f32::from_bits((n + (127.0 + 12_582_912.0)).to_bits() << 23);
+    let y = if x < -87.0 { 0.0 } else { p * two_n };
+    if x.is_nan() {
+        x
+    } else {
+        y
+    }
+}
+
+/// A sum in eight independent lanes.
+#[inline(always)]
+fn sum(values: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (eights, rest) = values.as_chunks::<8>();
+    for eight in eights {
+        for l in 0..8 {
+            lanes[l] += eight[l];
+        }
+    }
+    let [a, b, c, d, e, f, g, h] = lanes;
+    ((a + e) + (b + f)) + ((c + g) + (d + h)) + rest.iter().sum::<f32>()
 }
 
 /// In eight independent lanes, which the compiler maps onto vector registers.
@@ -157,20 +311,20 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Replaces each layer's attention chain as tract-onnx types gptc's graph,
-/// `EinSum(q, Move(2,3)(k)) * c + bias -> Softmax(last) -> EinSum(., v)`, by one [`Attention`];
+/// `EinSum(q, Move(2,3)(k)) * c + bias -> Softmax(last) -> EinSum(., v) -> Move(1,2)`, by one
+/// [`Attention`];
 /// a layer that differs in any way (types, constants, other consumers) is left as it is.
 pub fn use_attention_kernel(mut model: TypedModel) -> TractResult<TypedModel> {
     let layers: Vec<Chain> =
         model.nodes().iter().filter_map(|node| Chain::ending_at(&model, node)).collect();
     for chain in layers {
-        let layer = chain.own_plan(&model)?;
         let mut patch = TypedModelPatch::default();
         let inputs = [chain.q, chain.k, chain.v, chain.bias]
             .iter()
             .map(|&o| patch.tap_model(&model, o))
             .collect::<TractResult<TVec<_>>>()?;
         let name = format!("{}.gptc_attention", model.node(chain.context).name);
-        let out = patch.wire_node(name, Attention { scale: chain.scale, layer }, &inputs)?;
+        let out = patch.wire_node(name, Attention { scale: chain.scale }, &inputs)?;
         patch.shunt_outside(&model, chain.merge.into(), out[0])?;
         patch.apply(&mut model)?;
     }
@@ -184,12 +338,7 @@ struct Chain {
     v: OutletId,
     bias: OutletId,
     scale: f32,
-    scale_outlet: OutletId,
-    scores: usize,
-    transpose: usize,
-    multiply: usize,
-    add: usize,
-    softmax: usize,
+    /// The context matmul, whose output the op takes over, and the merge of heads after it.
     context: usize,
     merge: usize,
 }
@@ -233,8 +382,7 @@ impl Chain {
         let multiply = only(add.inputs[0]).filter(|n| binary(n, true))?;
         let scores = only(multiply.inputs[0]).filter(|n| matmul(n))?;
         let transpose = only(scores.inputs[1]).filter(|n| moves_last_two(n))?;
-        let scale_outlet = multiply.inputs[1];
-        let scale = model.outlet_fact(scale_outlet).ok()?.konst.clone()?;
+        let scale = model.outlet_fact(multiply.inputs[1]).ok()?.konst.clone()?;
         let scale = match scale.datum_type() == f32::datum_type() && scale.len() == 1 {
             true => scale.cast_to_scalar::<f32>().ok()?,
             false => return None,
@@ -242,51 +390,19 @@ impl Chain {
         let f32_inputs = [context.inputs[1], add.inputs[1], scores.inputs[0], transpose.inputs[0]]
             .iter()
             .all(|&o| model.outlet_fact(o).is_ok_and(|f| f.datum_type == f32::datum_type()));
-        let ok = f32_inputs;
         let merge = only(context.id.into()).and_then(|_| {
             let next = model.node(context.outputs[0].successors[0].node);
             matches!(next.op_as::<AxisOp>(), Some(AxisOp::Move(1, 2))).then_some(next)
         })?;
-        ok.then_some(Chain {
+        f32_inputs.then_some(Chain {
             q: scores.inputs[0],
             k: transpose.inputs[0],
             v: context.inputs[1],
             bias: add.inputs[1],
             scale,
-            scale_outlet,
-            scores: scores.id,
-            transpose: transpose.id,
-            multiply: multiply.id,
-            add: add.id,
-            softmax: softmax.id,
             context: context.id,
             merge: merge.id,
         })
-    }
-
-    /// The chain's own ops as a model of its four inputs, optimized and planned by tract.
-    fn own_plan(&self, model: &TypedModel) -> TractResult<Arc<TypedRunnableModel>> {
-        let mut own = TypedModel { symbols: model.symbols.clone(), ..TypedModel::default() };
-        let mut source = |name: &str, outlet: OutletId| -> TractResult<OutletId> {
-            own.add_source(name, model.outlet_fact(outlet)?.without_value())
-        };
-        let (q, k) = (source("q", self.q)?, source("k", self.k)?);
-        let (v, bias) = (source("v", self.v)?, source("bias", self.bias)?);
-        let scale = model.outlet_fact(self.scale_outlet)?.konst.clone().context("a constant")?;
-        let scale = own.add_const("scale", scale)?;
-        let mut wire = |id: usize, inputs: &[OutletId]| -> TractResult<OutletId> {
-            let node = model.node(id);
-            Ok(own.wire_node(&node.name, node.op.clone(), inputs)?[0])
-        };
-        let k_t = wire(self.transpose, &[k])?;
-        let scores = wire(self.scores, &[q, k_t])?;
-        let scaled = wire(self.multiply, &[scores, scale])?;
-        let biased = wire(self.add, &[scaled, bias])?;
-        let weights = wire(self.softmax, &[biased])?;
-        let context = wire(self.context, &[weights, v])?;
-        let merged = wire(self.merge, &[context])?;
-        own.select_output_outlets(&[merged])?;
-        own.into_optimized()?.into_runnable()
     }
 }
 
@@ -296,8 +412,8 @@ mod tests {
     use crate::runtime::tract::TractRuntime;
     use gptc_graph::{build_model, file, GptConfig, GraphOptions, Precision, Quantization};
 
-    fn tiny(kv_cache: bool, precision: Precision, quantization: Quantization) -> TractRuntime {
-        let config = GptConfig {
+    fn tiny_config() -> GptConfig {
+        GptConfig {
             vocab_size: 50,
             context_length: 40,
             emb_dim: 64,
@@ -305,11 +421,23 @@ mod tests {
             n_layers: 3,
             drop_rate: 0.0,
             qkv_bias: true,
-        };
+        }
+    }
+
+    fn runtime(
+        config: &GptConfig,
+        kv_cache: bool,
+        precision: Precision,
+        quantization: Quantization,
+    ) -> TractRuntime {
         let options = GraphOptions { kv_cache, precision, quantization, ..Default::default() };
         let mut init = gptc_graph::RandomInit { seed: 5 };
-        let model = build_model(&config, options, &mut init, None).unwrap();
+        let model = build_model(config, options, &mut init, None).unwrap();
         TractRuntime::from_bytes(&file::encode(&model)).unwrap()
+    }
+
+    fn tiny(kv_cache: bool, precision: Precision, quantization: Quantization) -> TractRuntime {
+        runtime(&tiny_config(), kv_cache, precision, quantization)
     }
 
     fn attention_ops(runtime: &TractRuntime) -> Vec<Attention> {
@@ -336,34 +464,89 @@ mod tests {
         Tensor::from_shape(shape, &v).unwrap().into_tvalue()
     }
 
-    #[test]
-    fn one_query_row_gives_what_the_replaced_ops_give() {
-        let op = attention_ops(&tiny(true, Precision::F32, Quantization::None)).remove(0);
-        for (batch, keys) in [(1, 1), (2, 5), (3, 37)] {
-            let (heads, dim) = (4, 16);
-            // Masked slots as gptc's graph masks them: f32::MIN added; one row fully masked.
-            let bias: Vec<f32> = (0..batch * keys)
-                .map(|i| match (i % keys) % 3 == 1 || i / keys == 2 {
-                    true => f32::MIN,
-                    false => 0.0,
+    /// `softmax(q k^T scale + bias) v` in float64, heads merged: `[B, S, H, D]`.
+    fn reference(inputs: &[TValue], scale: f32) -> Vec<f32> {
+        let view = |i: usize| inputs[i].to_plain_array_view::<f32>().unwrap();
+        let (q, k, v, bias) = (view(0), view(1), view(2), view(3));
+        let (batch, heads, queries, dim) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+        let keys = k.shape()[2];
+        let mut out = vec![0f32; batch * queries * heads * dim];
+        for (b, h, s) in (0..batch)
+            .flat_map(|b| (0..heads).flat_map(move |h| (0..queries).map(move |s| (b, h, s))))
+        {
+            let scores: Vec<f64> = (0..keys)
+                .map(|t| {
+                    let dot: f64 =
+                        (0..dim).map(|d| (q[[b, h, s, d]] * k[[b, h, t, d]]) as f64).sum();
+                    dot * scale as f64 + bias[[b, 0, s, t]] as f64
                 })
                 .collect();
-            let inputs = [
-                values(&[batch, heads, 1, dim], 1),
-                values(&[batch, heads, keys, dim], 2),
-                values(&[batch, heads, keys, dim], 3),
-                Tensor::from_shape(&[batch, 1, 1, keys], &bias).unwrap().into_tvalue(),
-            ];
-            let ours = op.one_query(&inputs).unwrap();
-            let theirs = op.layer.run(inputs.iter().cloned().collect()).unwrap().remove(0);
-            assert_eq!(ours.shape(), theirs.shape());
-            let (ours, theirs) = (
-                ours.to_plain_array_view::<f32>().unwrap(),
-                theirs.to_plain_array_view::<f32>().unwrap(),
-            );
-            for (a, b) in ours.iter().zip(theirs) {
-                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{batch}x{keys}: {a} vs {b}");
+            let largest = scores.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+            let weights: Vec<f64> = scores.iter().map(|x| (x - largest).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            for d in 0..dim {
+                let value: f64 = (0..keys).map(|t| weights[t] * v[[b, h, t, d]] as f64).sum();
+                out[((b * queries + s) * heads + h) * dim + d] = (value / total) as f32;
             }
         }
+        out
+    }
+
+    #[test]
+    fn the_op_computes_the_attention_it_replaces() {
+        let wide = GptConfig { emb_dim: 768, n_heads: 12, context_length: 64, ..tiny_config() };
+        for (config, dim) in [(tiny_config(), 16), (wide, 64)] {
+            let op = attention_ops(&runtime(&config, true, Precision::F32, Quantization::None))
+                .remove(0);
+            let heads = config.n_heads;
+            // One query (decode) and prompts of whole and partial blocks, with a past.
+            for (batch, queries, keys) in
+                [(1, 1, 1), (2, 1, 5), (3, 1, 37), (1, 8, 8), (2, 13, 20), (3, 37, 37), (1, 16, 40)]
+            {
+                // gptc's mask: causal over past and new slots, padded slots hidden (f32::MIN
+                // added); the third sequence is all padding, so its rows see no key at all.
+                let past = keys - queries;
+                let bias: Vec<f32> = (0..batch * queries * keys)
+                    .map(|i| {
+                        let (b, s, t) = (i / (queries * keys), i / keys % queries, i % keys);
+                        let hidden = t > past + s || (b == 1 && t % 3 == 1) || b == 2;
+                        if hidden {
+                            f32::MIN
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let inputs = [
+                    values(&[batch, heads, queries, dim], 1),
+                    values(&[batch, heads, keys, dim], 2),
+                    values(&[batch, heads, keys, dim], 3),
+                    Tensor::from_shape(&[batch, 1, queries, keys], &bias).unwrap().into_tvalue(),
+                ];
+                let ours = op.attend(&inputs).unwrap();
+                assert_eq!(ours.shape(), &[batch, queries, heads, dim]);
+                let expected = reference(&inputs, op.scale);
+                let ours = ours.to_plain_array_view::<f32>().unwrap();
+                for (a, e) in ours.iter().zip(&expected) {
+                    let shape = (batch, queries, keys, dim);
+                    assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{shape:?}: {a} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_expf_within_a_few_ulps() {
+        let mut worst = 0f32;
+        for i in 0..=200_000 {
+            let x = -87.0 + 87.0 * i as f32 / 200_000.0;
+            let (ours, libm) = (exp(x), x.exp());
+            worst = worst.max((ours - libm).abs() / libm);
+        }
+        assert!(worst < 4e-7, "relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-88.0), 0.0);
+        assert_eq!(exp(f32::MIN), 0.0);
+        assert!(exp(f32::NAN).is_nan());
     }
 }
