@@ -58,6 +58,13 @@ impl Attention {
             k.shape(),
             v.shape()
         );
+        ensure!(
+            [&q, &k, &v].iter().all(|a| a.is_standard_layout()),
+            "GptcAttention: inputs not in row-major order"
+        );
+        if q.is_empty() {
+            return Ok(Tensor::zero::<f32>(&[batch, queries, heads, dim])?.into_tvalue());
+        }
         let bias = bias
             .broadcast((batch, heads, queries, keys))
             .with_context(|| format!("GptcAttention: bias {:?}", inputs[3].shape()))?;
@@ -67,6 +74,7 @@ impl Attention {
             let (b, h) = (i / heads, i % heads);
             let k = k.slice(s![b, h, .., ..]);
             let v = v.slice(s![b, h, .., ..]);
+            // Row-major (checked above): every slice of whole rows is contiguous.
             let (Some(k), Some(v)) = (k.as_slice(), v.as_slice()) else { return };
             let mut scratch = Scratch::default();
             // A block of query rows at a time: each key and value is read once for the block.
@@ -499,10 +507,17 @@ mod tests {
             let op = attention_ops(&runtime(&config, true, Precision::F32, Quantization::None))
                 .remove(0);
             let heads = config.n_heads;
-            // One query (decode) and prompts of whole and partial blocks, with a past.
-            for (batch, queries, keys) in
-                [(1, 1, 1), (2, 1, 5), (3, 1, 37), (1, 8, 8), (2, 13, 20), (3, 37, 37), (1, 16, 40)]
-            {
+            // One query (decode), prompts of whole and partial blocks with a past, and no query.
+            for (batch, queries, keys) in [
+                (1, 1, 1),
+                (2, 1, 5),
+                (3, 1, 37),
+                (1, 8, 8),
+                (2, 13, 20),
+                (3, 37, 37),
+                (1, 16, 40),
+                (1, 0, 4),
+            ] {
                 // gptc's mask: causal over past and new slots, padded slots hidden (f32::MIN
                 // added); the third sequence is all padding, so its rows see no key at all.
                 let past = keys - queries;

@@ -104,6 +104,9 @@ impl Int4Weights {
             x.len(),
             y.len()
         );
+        if m == 0 {
+            return Ok(());
+        }
         let group_bytes = self.pairs * STRIDE;
         let group = |g: usize| &self.stream[g * group_bytes..][..group_bytes];
         let failed = || format_err!("GptcInt4MatMul: a thread of the kernel failed");
@@ -774,9 +777,9 @@ mod tests {
     #[test]
     fn every_kernel_and_crew_computes_the_same_as_plain_rust_on_one_thread() {
         // Odd block counts (a zero block pads the pair), rows not a multiple of four, one row,
-        // a few (a batch) and a prompt's many (blocks of 16 and a rest), split over threads.
+        // a few (a batch), a prompt's many (blocks of 16 and a rest) and none, split over threads.
         let shapes = [(32, 5, 1), (96, 7, 3), (768, 131, 1), (3072, 64, 2), (64, 4099, 1)];
-        for (k, n, m) in shapes.into_iter().chain([(96, 130, 40), (64, 7, 33)]) {
+        for (k, n, m) in shapes.into_iter().chain([(96, 130, 40), (64, 7, 33), (64, 8, 0)]) {
             let (_, q) = matrix(k, n, k + n);
             let weights = Int4Weights::new(&q);
             let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
