@@ -83,7 +83,10 @@ impl Attention {
                 let q = q.slice(s![b, h, rows.clone(), ..]);
                 let Some(q) = q.as_slice() else { return };
                 scratch.bias.clear();
-                scratch.bias.extend(bias.slice(s![b, h, rows, ..]).iter());
+                for row in rows {
+                    scratch.bias.extend(bias.slice(s![b, h, row, ..]).iter());
+                    scratch.bias.extend([0.0; ROW_PAD]);
+                }
                 attend(q, k, v, dim, self.scale, &mut scratch, out);
             }
         };
@@ -115,12 +118,16 @@ impl TypedOp for Attention {
 /// Query rows attended together: their keys and values are read from the cache once.
 const QUERY_BLOCK: usize = 8;
 
-/// A block's biases (copied out of their broadcast), scores and sums, reused block to block.
+/// Floats after each row of a block's biases and scores: with 1024 keys, rows 4 KB apart fall
+/// in one set of the first-level cache and evict each other.
+const ROW_PAD: usize = 16;
+
+/// A block's biases (copied out of their broadcast; rows of `T + ROW_PAD`) and scores (the
+/// same layout), reused block to block.
 #[derive(Default)]
 struct Scratch {
     bias: Vec<f32>,
     weights: Vec<f32>,
-    totals: Vec<f32>,
 }
 
 /// A few query rows `q` (`[R, D]`) against `T` keys and values (`k`, `v` row-major `[T, D]`).
@@ -171,9 +178,10 @@ fn attend_any(
     out: &mut [f32],
 ) {
     let (rows, keys) = (q.len() / dim, k.len() / dim);
-    let Scratch { bias, weights, totals } = scratch;
+    let Scratch { bias, weights } = scratch;
     weights.clear();
-    weights.resize(rows * keys, 0.0);
+    let stride = keys + ROW_PAD;
+    weights.resize(rows * stride, 0.0);
     let score = |dot: f32, b: f32| match b <= f32::MIN {
         true => b,
         false => dot * scale + b,
@@ -182,27 +190,30 @@ fn attend_any(
         // Each key against the whole block in independent lanes; keys the block cannot see
         // (the causal mask's upper triangle) cost no multiply at all.
         for (t, key) in k.chunks_exact(dim).enumerate() {
-            let hidden = (0..rows).all(|r| bias[r * keys + t] <= f32::MIN);
+            let hidden = (0..rows).all(|r| bias[r * stride + t] <= f32::MIN);
             let dots = if hidden { [0.0; QUERY_BLOCK] } else { block_dots(q, key) };
             for (r, dot) in dots.into_iter().enumerate() {
-                weights[r * keys + t] = score(dot, bias[r * keys + t]);
+                weights[r * stride + t] = score(dot, bias[r * stride + t]);
             }
         }
     } else {
         for (t, key) in k.chunks_exact(dim).enumerate() {
             for (r, query) in q.chunks_exact(dim).enumerate() {
-                let b = bias[r * keys + t];
-                weights[r * keys + t] = if b <= f32::MIN { b } else { score(dot(query, key), b) };
+                let b = bias[r * stride + t];
+                weights[r * stride + t] = if b <= f32::MIN { b } else { score(dot(query, key), b) };
             }
         }
     }
-    totals.clear();
-    for row in weights.chunks_exact_mut(keys) {
+    for row in weights.chunks_exact_mut(stride) {
+        let row = &mut row[..keys];
         let largest = row.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
         for w in row.iter_mut() {
             *w = exp(*w - largest);
         }
-        totals.push(sum(row));
+        let total = sum(row);
+        for w in row.iter_mut() {
+            *w /= total;
+        }
     }
     out.fill(0.0);
     if dim.is_multiple_of(32) {
@@ -210,16 +221,14 @@ fn attend_any(
         // the same sums as below, without one long chain of additions.
         let values = v.as_chunks::<8>().0;
         let eights = dim / 8;
-        for ((weights, total), out) in
-            weights.chunks_exact(keys).zip(totals.iter()).zip(out.chunks_exact_mut(dim))
-        {
+        for (weights, out) in weights.chunks_exact(stride).zip(out.chunks_exact_mut(dim)) {
+            let weights = &weights[..keys];
             for (part, out) in out.chunks_exact_mut(32).enumerate() {
                 let mut acc = [[0f32; 8]; 4];
                 for (t, &w) in weights.iter().enumerate() {
                     if w == 0.0 {
                         continue;
                     }
-                    let w = w / total;
                     let value = &values[t * eights + part * 4..][..4];
                     for (acc, value) in acc.iter_mut().zip(value) {
                         for l in 0..8 {
@@ -234,11 +243,10 @@ fn attend_any(
     }
     for (t, value) in v.chunks_exact(dim).enumerate() {
         for (r, out) in out.chunks_exact_mut(dim).enumerate() {
-            let w = weights[r * keys + t];
+            let w = weights[r * stride + t];
             if w == 0.0 {
                 continue;
             }
-            let w = w / totals[r];
             for (o, x) in out.iter_mut().zip(value) {
                 *o += w * x;
             }
