@@ -62,6 +62,12 @@ impl Int4Matrix {
         Int4Matrix { k, n, blocks, scales }
     }
 
+    /// The 4-bit code (0..15) of input `col` of output `row`: even inputs in a byte's low nibble.
+    pub fn code(&self, row: usize, col: usize) -> u8 {
+        let byte = self.blocks[(row * (self.k / BLOCK) + col / BLOCK) * BLOB + col % BLOCK / 2];
+        (byte >> (4 * (col % 2))) & 0x0f
+    }
+
     /// The weights the stored blocks mean, `[k, n]` row-major (or `[n, k]` with `transposed`):
     /// what both runtimes compute with.
     pub fn dequantize(&self, transposed: bool) -> Vec<f32> {
@@ -70,10 +76,8 @@ impl Int4Matrix {
         let mut w = vec![0f32; k * n];
         for row in 0..n {
             for col in 0..k {
-                let (b, i) = (col / BLOCK, col % BLOCK);
-                let byte = self.blocks[(row * per_row + b) * BLOB + i / 2];
-                let code = if i % 2 == 0 { byte & 0x0f } else { byte >> 4 };
-                let value = (code as f32 - 8.0) * self.scales[row * per_row + b];
+                let scale = self.scales[row * per_row + col / BLOCK];
+                let value = (self.code(row, col) as f32 - 8.0) * scale;
                 let at = if transposed { row * k + col } else { col * n + row };
                 w[at] = value;
             }

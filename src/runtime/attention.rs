@@ -269,7 +269,7 @@ fn block_dots(q: &[f32], key: &[f32]) -> [f32; QUERY_BLOCK] {
             }
         }
     }
-    lanes.map(|[a, b, c, d, e, f, g, h]| ((a + e) + (b + f)) + ((c + g) + (d + h)))
+    lanes.map(total)
 }
 
 /// `e^x` in plain arithmetic, so that a loop of it runs in vector registers: `2^n e^r` with
@@ -306,8 +306,7 @@ fn sum(values: &[f32]) -> f32 {
             lanes[l] += eight[l];
         }
     }
-    let [a, b, c, d, e, f, g, h] = lanes;
-    ((a + e) + (b + f)) + ((c + g) + (d + h)) + rest.iter().sum::<f32>()
+    total(lanes) + rest.iter().sum::<f32>()
 }
 
 /// In eight independent lanes, which the compiler maps onto vector registers.
@@ -322,14 +321,19 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
-    let [a, b, c, d, e, f, g, h] = lanes;
-    ((a + e) + (b + f)) + ((c + g) + (d + h)) + tail
+    total(lanes) + tail
+}
+
+/// The eight lanes of [`dot`], [`block_dots`] and [`sum`] added pairwise, in one order for all.
+#[inline(always)]
+fn total([a, b, c, d, e, f, g, h]: [f32; 8]) -> f32 {
+    ((a + e) + (b + f)) + ((c + g) + (d + h))
 }
 
 /// Replaces each layer's attention chain as tract-onnx types gptc's graph,
 /// `EinSum(q, Move(2,3)(k)) * c + bias -> Softmax(last) -> EinSum(., v) -> Move(1,2)`, by one
-/// [`Attention`];
-/// a layer that differs in any way (types, constants, other consumers) is left as it is.
+/// [`Attention`]; a layer that differs in any way (types, constants, other consumers) is left
+/// as it is.
 pub fn use_attention_kernel(mut model: TypedModel) -> TractResult<TypedModel> {
     let layers: Vec<Chain> =
         model.nodes().iter().filter_map(|node| Chain::ending_at(&model, node)).collect();

@@ -4,8 +4,9 @@
 //! microseconds each on one core. tract's pool (rayon) wakes sleeping workers and blocks the
 //! caller meanwhile, which costs more than a second core gives below ~8M weights (BENCHMARKS.md).
 //! Here the caller publishes a job, starts on it at once, and helpers that are awake (they poll
-//! for a while after each job, yielding the core to anything else runnable) claim chunks from
-//! the same counter: a late helper costs nothing but its share.
+//! for a while after each job, yielding the core to anything else runnable) join it: each thread
+//! works through its own region of chunks and then steals from the others', so a late helper
+//! costs nothing but its share.
 //!
 //! Soundness of the borrowed job: a helper may read the job only after joining it, which a
 //! compare-and-swap on one state word allows only while the job is open and of the expected
@@ -120,7 +121,7 @@ impl Crew {
                 let asleep = Arc::new(AtomicBool::new(false));
                 let (state, flag) = (shared.clone(), asleep.clone());
                 let handle = thread::Builder::new()
-                    .name(format!("gptc-int4-{i}"))
+                    .name(format!("gptc-crew-{i}"))
                     .spawn(move || help(&state, &flag, i + 1))
                     .ok()?;
                 Some(Helper { thread: handle.thread().clone(), asleep })

@@ -3,12 +3,12 @@
 //! the 4-bit codes, one float multiply a block), where tract's Q4_0 path unpacks every weight to
 //! float32 at every step (BENCHMARKS.md: 19 G weights/s, 0.40x ONNX Runtime's decode).
 //!
-//! Output rows are shared in chunks with gptc's crew of helper threads (`crew.rs`: tract's pool
-//! costs more to wake than the second core gives on a decode step's matrices); a chunk reads its
-//! weights once for every activation row, so a prefill of `m` rows reads them once, not `m`
-//! times. The AVX2 kernel takes two blocks per 256-bit load and four output rows per pass, so an
-//! activation load serves four rows; it is chosen at run time, else plain Rust computes the same
-//! integers.
+//! The work is shared with gptc's crew of helper threads (`crew.rs`: tract's pool costs more to
+//! wake than the second core gives on a decode step's matrices): a decode step in chunks of
+//! output rows, a prompt in blocks of its own rows. The AVX2 kernel takes two blocks per 256-bit
+//! load and four output rows per pass, so an activation load serves four rows; the AVX-512 VNNI
+//! one two rows per 512-bit load. The fastest the CPU runs is chosen at run time, else plain
+//! Rust computes the same integers.
 
 use std::sync::Arc;
 
@@ -39,11 +39,12 @@ const PROMPT_ROWS: usize = 16;
 
 /// A `[n, k]` 4-bit matrix laid out for the kernel as one stream read front to back: rows in
 /// groups of [`ROWS`], and per group and pair of blocks, each row's 32 bytes of codes and then
-/// the 8 scales in float16 (row by row, block by block: a fifth fewer bytes than float32, and
-/// gptc's scales are float16-exact; for others this is the rounding tract's own path makes). A block's 16 bytes hold its first 16 codes
-/// in the low nibbles and its last 16 in the high ones (MatMulNBits interleaves them), so one
-/// 32-byte load of a pair splits into the pair's first halves and second halves. Rows of an odd
-/// number of blocks end with a zero block, groups with zero rows, both of scale zero.
+/// the 8 scales in float16 (row by row, block by block: a tenth fewer bytes than float32, and
+/// gptc's scales are float16-exact; for others this is the rounding tract's own path makes). A
+/// block's 16 bytes hold its first 16 codes in the low nibbles and its last 16 in the high ones
+/// (MatMulNBits interleaves them), so one 32-byte load of a pair splits into the pair's first
+/// halves and second halves. Rows of an odd number of blocks end with a zero block, groups with
+/// zero rows, both of scale zero.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Int4Weights {
     k: usize,
@@ -62,8 +63,7 @@ impl Int4Weights {
             for b in 0..blocks {
                 let (pair, half) = (b / 2, b % 2);
                 let at = (group * pairs + pair) * STRIDE;
-                let block = &q.blocks[(row * blocks + b) * BLOB..][..BLOB];
-                let code = |i: usize| (block[i / 2] >> (4 * (i % 2))) & 0x0f;
+                let code = |i: usize| q.code(row, b * BLOCK + i);
                 let out = &mut stream[at + r * PAIR / 2 + half * BLOB..][..BLOB];
                 for (j, byte) in out.iter_mut().enumerate() {
                     *byte = code(j) | (code(j + BLOB) << 4);
@@ -162,9 +162,10 @@ impl Int4Weights {
 /// with one activation row.
 type Dots = fn(&[u8], &Int8Row) -> [f32; ROWS];
 
-/// The fastest kernel this CPU runs.
+/// The fastest kernel this CPU runs (chosen once).
 fn kernel() -> Dots {
-    kernels().last().map_or(dots, |&(_, fastest)| fastest)
+    static FASTEST: std::sync::OnceLock<Dots> = std::sync::OnceLock::new();
+    *FASTEST.get_or_init(|| kernels().last().map_or(dots, |&(_, fastest)| fastest))
 }
 
 /// Every kernel this CPU runs, slowest first: plain Rust, AVX2, AVX-512 VNNI.
@@ -244,13 +245,17 @@ impl Int8Row {
 /// rounded to nearest, ties to even.
 type ToInt8 = fn(&[f32]) -> ([i8; BLOCK], f32);
 
+/// The fastest this CPU runs (chosen once).
 fn block_to_int8() -> ToInt8 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 (checked at run time).
-        return |values| unsafe { to_int8_avx2(values) };
-    }
-    to_int8
+    static FASTEST: std::sync::OnceLock<ToInt8> = std::sync::OnceLock::new();
+    *FASTEST.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU has AVX2 (checked at run time).
+            return |values| unsafe { to_int8_avx2(values) };
+        }
+        to_int8
+    })
 }
 
 fn to_int8(values: &[f32]) -> ([i8; BLOCK], f32) {
@@ -608,6 +613,10 @@ impl EvalOp for Int4MatMul {
         let mut y = vec![0f32; rows * n];
         self.weights.matmul(x, &mut y)?;
         let mut shape: TVec<usize> = a.shape().into();
+        if let [_] = self.outputs[..] {
+            *shape.last_mut().context("rank 0")? = n;
+            return Ok(tvec!(tract_ndarray::ArrayD::from_shape_vec(&*shape, y)?.into_tvalue()));
+        }
         let mut first = 0;
         let mut outputs = TVec::new();
         for &width in &self.outputs {
