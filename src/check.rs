@@ -132,6 +132,9 @@ pub fn check_model(path: &Path, model: &ModelProto, config: &GptConfig) -> Resul
             gptc_graph::gpt2::OPSET
         )));
     }
+    // The same check of every 4-bit node that tract's loader makes, before anything else
+    // reads the nodes (A's type and shape are checked as tract infers them, below).
+    gptc_graph::quant::check_model(model)?;
     let options = model_options(model)?;
     let (expected_inputs, expected_outputs) = io_signature(config, options);
     let declared_inputs = graph.input.iter().map(from_declared).collect::<Result<Vec<_>>>()?;

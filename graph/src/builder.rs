@@ -463,7 +463,7 @@ impl<'w> Scope<'_, 'w> {
                 crate::quant::BLOCK
             )));
         }
-        let q = crate::quant::Int4Matrix::quantize(values, k, n, rows_are_outputs);
+        let q = crate::quant::Int4Matrix::quantize(full, values, k, n, rows_are_outputs)?;
         let blocks_name = format!("{full}{}", crate::names::INT4_BLOCKS_SUFFIX);
         let blocks = self.graph.new_value(blocks_name.clone());
         let per_row = (k / crate::quant::BLOCK) as i64;

@@ -41,6 +41,9 @@ pub enum Error {
     NotOnnx { path: PathBuf, reason: String },
     #[error("{}: not a safetensors file ({reason})", path.display())]
     NotSafetensors { path: PathBuf, reason: String },
+    /// A node of a model that ONNX Runtime would refuse, or that gptc cannot run.
+    #[error("node `{node}`: {reason}")]
+    Node { node: String, reason: String },
     /// The system refused a resource (a thread, under a process limit).
     #[error("{0}")]
     System(String),

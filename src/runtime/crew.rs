@@ -10,7 +10,10 @@
 //!
 //! Soundness of the borrowed job: a helper may read the job only after joining it, which a
 //! compare-and-swap on one state word allows only while the job is open and of the expected
-//! generation; the caller closes the job and waits until no helper is joined before returning.
+//! generation; the caller leaves `run` only through the drop of a guard ([`Published`]) that
+//! closes the job and waits until no helper is joined, so a return and an unwind alike wait.
+//! A crew has at most one thread a region of a job ([`MOST_THREADS`]), and a panic of a chunk,
+//! or of dropping what it panicked with, stays in the thread that ran it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::*};
@@ -22,8 +25,12 @@ use std::time::{Duration, Instant};
 /// matmuls of a decode step and between steps, short enough not to matter to an idle program.
 const POLL: Duration = Duration::from_millis(3);
 
-/// Beyond this many threads a matrix-vector product is bound by memory, not by cores.
+/// Beyond this many threads a matrix-vector product is bound by memory, not by cores. A job
+/// has a region per thread, so no crew has more.
 const MOST_THREADS: usize = 8;
+
+/// Chunks a job can count (front and back of a region share one 64-bit word).
+const MOST_CHUNKS: usize = u32::MAX as usize;
 
 /// State word: generation in the high 32 bits, joined helpers above bit 0, bit 0 = open.
 const OPEN: u64 = 1;
@@ -75,8 +82,13 @@ impl<'a> Job<'a> {
         let stolen = (1..self.threads)
             .flat_map(|i| std::iter::from_fn(move || self.claim((me + i) % self.threads, true)));
         for chunk in own.chain(stolen) {
-            if catch_unwind(AssertUnwindSafe(|| (self.work)(chunk))).is_err() {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.work)(chunk))) {
                 self.panicked.store(true, Relaxed);
+                // What a chunk panicked with may panic again when dropped: that too stays here
+                // (leaked, the once it happens) rather than unwinding past the job.
+                if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                    std::mem::forget(again);
+                }
             }
         }
     }
@@ -109,8 +121,10 @@ pub fn crew() -> &'static Crew {
 }
 
 impl Crew {
-    /// A crew of up to `helpers` threads; fewer if the system refuses to start them.
+    /// A crew of up to `helpers` threads, at most one a region of a job beside the caller's;
+    /// fewer if the system refuses to start them.
     pub fn new(helpers: usize) -> Crew {
+        let helpers = helpers.min(MOST_THREADS - 1);
         let shared = Arc::new(Shared {
             state: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
@@ -151,6 +165,15 @@ impl Crew {
     /// Runs `work(0) .. work(chunks - 1)`, each exactly once, on the caller and any helper that
     /// joins; returns when all are done. `false` if a chunk panicked.
     pub fn run(&self, chunks: usize, work: &(dyn Fn(usize) + Sync)) -> bool {
+        if chunks > MOST_CHUNKS {
+            // More than a job counts: in turns (no caller has come near it).
+            let mut all_ran = true;
+            for first in (0..chunks).step_by(MOST_CHUNKS) {
+                let count = MOST_CHUNKS.min(chunks - first);
+                all_ran &= self.run(count, &|i| work(first + i));
+            }
+            return all_ran;
+        }
         let shared = &self.shared;
         let alone = chunks < 2
             || self.helpers.is_empty()
@@ -161,23 +184,54 @@ impl Crew {
             return !job.panicked.load(Relaxed);
         }
         let job = Job::new(work, chunks, self.helpers.len() + 1);
-        // No helper is joined (the previous job ended with none), so the job may be replaced.
-        let erased: *const Job<'_> = &job;
-        shared.job.store(erased as *mut Job<'static>, Relaxed);
-        let generation = (shared.state.load(Relaxed) >> 32).wrapping_add(1);
-        shared.state.store(generation << 32 | OPEN, SeqCst);
+        // Declared after `job`, so dropped before it, on a return and an unwind alike.
+        let published = Published::new(shared, &job);
         for helper in &self.helpers {
             if helper.asleep.swap(false, SeqCst) {
                 helper.thread.unpark();
             }
         }
         job.work_through(0);
+        drop(published);
+        !job.panicked.load(Relaxed)
+    }
+}
+
+/// The caller's job, open to helpers while this lives. Dropping it (on every way out of
+/// [`Crew::run`], unwinding included) closes the job and waits until no helper holds it.
+struct Published<'a> {
+    shared: &'a Shared,
+}
+
+impl<'a> Published<'a> {
+    /// Opens `job`; the caller holds `shared.busy`, and no helper is joined (the previous job
+    /// ended with none), so the job may be replaced.
+    fn new(shared: &'a Shared, job: &'a Job<'_>) -> Published<'a> {
+        let erased: *const Job<'_> = job;
+        shared.job.store(erased as *mut Job<'static>, Relaxed);
+        let generation = (shared.state.load(Relaxed) >> 32).wrapping_add(1);
+        shared.state.store(generation << 32 | OPEN, SeqCst);
+        Published { shared }
+    }
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        let shared = self.shared;
         shared.state.fetch_and(!OPEN, SeqCst);
         while shared.state.load(Acquire) & HELPERS != 0 {
             std::hint::spin_loop();
         }
         shared.busy.store(false, Release);
-        !job.panicked.load(Relaxed)
+    }
+}
+
+/// A helper's hold on the job it joined, let go when dropped (however the work ends).
+struct Joined<'a>(&'a AtomicU64);
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(HELPER, Release);
     }
 }
 
@@ -190,11 +244,13 @@ fn help(shared: &Shared, asleep: &AtomicBool, me: usize) {
         let generation = state >> 32;
         if state & OPEN != 0 && generation != seen {
             if shared.state.compare_exchange(state, state + HELPER, AcqRel, Acquire).is_ok() {
+                let joined = Joined(&shared.state);
                 seen = generation;
                 // SAFETY: joined to an open job, which its caller keeps alive until we leave.
                 let job = unsafe { &*shared.job.load(Acquire) };
+                // A crew has no more helpers than a job has regions (`Crew::new`).
                 job.work_through(me);
-                shared.state.fetch_sub(HELPER, Release);
+                drop(joined);
                 idle_since = Instant::now();
             }
             continue;
@@ -264,6 +320,107 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn a_crew_has_no_more_helpers_than_a_job_has_regions() {
+        let crew = Crew::new(3 * MOST_THREADS);
+        assert_eq!(crew.helpers.len(), MOST_THREADS - 1);
+        let counts: Vec<AtomicUsize> = (0..1000).map(|_| AtomicUsize::new(0)).collect();
+        for _ in 0..20 {
+            assert!(crew.run(counts.len(), &|i| {
+                counts[i].fetch_add(1, Relaxed);
+            }));
+        }
+        assert!(counts.iter().all(|c| c.load(Relaxed) == 20));
+    }
+
+    /// Panics when dropped: a chunk that panics with it makes `catch_unwind`'s caller panic
+    /// anew as it drops the payload.
+    struct PanicsWhenDropped;
+
+    impl Drop for PanicsWhenDropped {
+        fn drop(&mut self) {
+            panic!("dropping what a chunk panicked with");
+        }
+    }
+
+    /// Chunks on helpers that count when they start, sleep, then count again as they end: a
+    /// caller that left before them sees fewer ends than starts.
+    struct SlowHelpers {
+        caller: thread::ThreadId,
+        started: AtomicUsize,
+        finished: AtomicUsize,
+    }
+
+    impl SlowHelpers {
+        fn new() -> SlowHelpers {
+            let caller = thread::current().id();
+            SlowHelpers { caller, started: AtomicUsize::new(0), finished: AtomicUsize::new(0) }
+        }
+
+        /// Runs on helpers; `true` on the caller, which does nothing else.
+        fn work(&self) -> bool {
+            if thread::current().id() == self.caller {
+                return true;
+            }
+            self.started.fetch_add(1, SeqCst);
+            thread::sleep(Duration::from_millis(5));
+            self.finished.fetch_add(1, SeqCst);
+            false
+        }
+
+        /// Until a helper is inside a chunk (or a second has passed).
+        fn wait_for_a_helper(&self) {
+            let start = Instant::now();
+            while self.started.load(SeqCst) == 0 && start.elapsed() < Duration::from_secs(1) {
+                thread::yield_now();
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_callers_part_waits_for_the_helpers() {
+        let crew = Crew::new(1);
+        let slow = SlowHelpers::new();
+        let first = AtomicBool::new(true);
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            crew.run(64, &|_| {
+                if slow.work() && first.swap(false, SeqCst) {
+                    slow.wait_for_a_helper();
+                    std::panic::panic_any(PanicsWhenDropped);
+                }
+            })
+        }));
+        // Every chunk a helper began ended before `run` was left, and `run` was left by return.
+        let (started, finished) = (slow.started.load(SeqCst), slow.finished.load(SeqCst));
+        assert!(started > 0, "no helper took part");
+        assert_eq!(finished, started, "run was left while helpers worked");
+        assert!(matches!(ran, Ok(false)), "the panic is reported, and stays in the chunk");
+        assert!(crew.run(16, &|_| {}), "the crew works on");
+    }
+
+    #[test]
+    fn unwinding_out_of_a_published_job_waits_for_the_helpers() {
+        let crew = Crew::new(1);
+        let slow = SlowHelpers::new();
+        let work = |_: usize| {
+            slow.work();
+        };
+        let job = Job::new(&work, 32, 2);
+        // Take the helpers' own region only: the caller unwinds before taking any chunk.
+        assert!(crew.shared.busy.compare_exchange(false, true, Acquire, Relaxed).is_ok());
+        let left = catch_unwind(AssertUnwindSafe(|| {
+            let _published = Published::new(&crew.shared, &job);
+            crew.helpers.iter().for_each(|h| h.thread.unpark());
+            slow.wait_for_a_helper();
+            panic!("the caller leaves");
+        }));
+        assert!(left.is_err());
+        let (started, finished) = (slow.started.load(SeqCst), slow.finished.load(SeqCst));
+        assert!(started > 0, "no helper took part");
+        assert_eq!(finished, started, "the job was dropped while helpers worked");
+        assert!(crew.run(16, &|_| {}), "the guard let the crew go");
     }
 
     #[test]

@@ -9,11 +9,16 @@
 //! load and four output rows per pass, so an activation load serves four rows; the AVX-512 VNNI
 //! one two rows per 512-bit load. The fastest the CPU runs is chosen at run time, else plain
 //! Rust computes the same integers.
+//!
+//! A block of activations holding NaN or an infinity has no int8 form: its scale is NaN, so every
+//! output the row reaches is NaN on every path, as float32 compute (level 0) gives, and the
+//! driver reports the non-finite logits either way.
 
 use std::sync::Arc;
 
 use super::crew::{crew, Crew};
-use gptc_graph::quant::{Int4Matrix, BLOB, BLOCK};
+use gptc_graph::onnx::{self as proto, DataType};
+use gptc_graph::quant::{Int4Matrix, MatMulNBits, MatMulNBitsInputs, TensorFact, BLOB, BLOCK};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::{
@@ -97,6 +102,7 @@ impl Int4Weights {
 
     fn matmul_on(&self, crew: &Crew, dots: Dots, x: &[f32], y: &mut [f32]) -> TractResult<()> {
         let (k, n) = (self.k, self.n);
+        ensure!(k > 0 && n > 0, "GptcInt4MatMul: a [{k}, {n}] matrix");
         let m = x.len() / k;
         ensure!(
             x.len() == m * k && y.len() == m * n,
@@ -258,7 +264,14 @@ fn block_to_int8() -> ToInt8 {
     })
 }
 
+/// What a block that is not all finite becomes: no codes, and a scale that makes every product
+/// with it NaN.
+const NOT_FINITE: ([i8; BLOCK], f32) = ([0; BLOCK], f32::NAN);
+
 fn to_int8(values: &[f32]) -> ([i8; BLOCK], f32) {
+    if values.iter().any(|v| !v.is_finite()) {
+        return NOT_FINITE;
+    }
     let largest = values.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = largest / 127.0;
     let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -283,6 +296,16 @@ unsafe fn to_int8_avx2(values: &[f32]) -> ([i8; BLOCK], f32) {
         std::array::from_fn(|i| unsafe { _mm256_loadu_ps(values.as_ptr().add(8 * i)) });
     let sign = _mm256_set1_ps(-0.0);
     let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+    // `max` drops NaN (it returns its second operand), so NaN and infinities are looked for
+    // apart: an unordered compare marks NaN, a compare with infinity the infinities.
+    let infinity = _mm256_set1_ps(f32::INFINITY);
+    let odd = abs.map(|a| {
+        _mm256_or_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(a, a), _mm256_cmp_ps::<_CMP_EQ_OQ>(a, infinity))
+    });
+    let odd = _mm256_or_ps(_mm256_or_ps(odd[0], odd[1]), _mm256_or_ps(odd[2], odd[3]));
+    if _mm256_movemask_ps(odd) != 0 {
+        return NOT_FINITE;
+    }
     let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
     let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -379,17 +402,18 @@ unsafe fn dots_avx2(group: &[u8], x: &Int8Row) -> [f32; ROWS] {
     out
 }
 
-/// tract-onnx, with gptc's kernel for every `MatMulNBits` node it can take: accuracy level 4
-/// (int8 activations allowed), 4 bits in blocks of 32, no zero points, bias or act-order. The
-/// others keep tract's own expansion (dequantizing inside its float32 matmul). Building the
-/// kernel's weights while tract types the model, from the constants it already holds, means
-/// tract's own 4-bit copy of them is never made and the file is read once.
+/// tract-onnx, with every `MatMulNBits` node checked as ONNX Runtime checks it
+/// ([`MatMulNBits`]) and computed by gptc's kernel where it can take it: accuracy level 4 (int8
+/// activations allowed), 4 bits in blocks of 32, no zero points, bias or act-order. The others
+/// keep tract's own expansion (dequantizing inside its float32 matmul). Building the kernel's
+/// weights while tract types the model, from the constants it already holds, means tract's own
+/// 4-bit copy of them is never made and the file is read once.
 pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     if let Some(&tracts) = onnx.op_register.0.get("MatMulNBits") {
         let _ = TRACTS_MATMUL_NBITS.set(tracts);
-        onnx.op_register.insert("MatMulNBits", matmul_nbits);
     }
+    onnx.op_register.insert("MatMulNBits", matmul_nbits);
     onnx
 }
 
@@ -400,32 +424,84 @@ type OpBuilder = fn(
 
 static TRACTS_MATMUL_NBITS: std::sync::OnceLock<OpBuilder> = std::sync::OnceLock::new();
 
+/// The node as gptc's ONNX messages hold it: what [`MatMulNBits::of_node`] reads.
+fn graph_node(node: &tract_onnx::pb::NodeProto) -> proto::NodeProto {
+    let attribute = node
+        .attribute
+        .iter()
+        .map(|a| proto::AttributeProto {
+            name: a.name.clone(),
+            r#type: a.r#type,
+            i: a.i,
+            ..Default::default()
+        })
+        .collect();
+    proto::NodeProto {
+        input: node.input.clone(),
+        output: node.output.clone(),
+        name: node.name.clone(),
+        op_type: node.op_type.clone(),
+        domain: node.domain.clone(),
+        attribute,
+        ..Default::default()
+    }
+}
+
 fn matmul_nbits(
     ctx: &tract_onnx::model::ParsingContext,
     node: &tract_onnx::pb::NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let attr = |name: &str| node.get_attr_opt::<i64>(name);
-    let (k, n): (usize, usize) = (node.get_attr("K")?, node.get_attr("N")?);
-    let ours = attr("accuracy_level")? == Some(4)
-        && attr("bits")?.unwrap_or(4) == 4
-        && attr("block_size")? == Some(BLOCK as i64)
-        && k.is_multiple_of(BLOCK)
-        && node.input.iter().skip(3).all(|name| name.is_empty());
-    if ours {
-        return Ok((expand(Int8Level { k, n }), vec![]));
-    }
-    let tracts = TRACTS_MATMUL_NBITS.get().context("tract's MatMulNBits parser")?;
-    tracts(ctx, node)
+    let opsets = &ctx.model.opset_import;
+    let microsoft = opsets.iter().find(|o| o.domain == gptc_graph::names::MICROSOFT_DOMAIN);
+    let spec = MatMulNBits::of_node(&graph_node(node), microsoft.map(|o| o.version))?;
+    let ours = spec.accuracy_level == 4
+        && spec.bits == 4
+        && spec.block_size == BLOCK
+        && spec.k.is_multiple_of(BLOCK)
+        && !(spec.zero_points || spec.g_idx || spec.bias);
+    let tracts = match ours {
+        true => None,
+        false => {
+            // tract refuses here what it does not run (act-order, 8 bits).
+            let parse = TRACTS_MATMUL_NBITS.get().context("tract's MatMulNBits parser")?;
+            let (op, closures) = parse(ctx, node)?;
+            ensure!(closures.is_empty(), "tract's MatMulNBits reads outer scopes");
+            let expansion = op.as_op().downcast_ref::<Box<dyn Expansion>>();
+            Some(expansion.context("tract's MatMulNBits is an expansion")?.clone())
+        }
+    };
+    Ok((expand(CheckedMatMulNBits { spec, tracts }), vec![]))
 }
 
-/// A `MatMulNBits` node that gptc's kernel computes: its weights are read when tract types it.
+/// A `MatMulNBits` node, checked (its inputs' types and shapes as tract's analysis finds them,
+/// before either computation is wired), then computed by gptc's kernel (`tracts` is `None`) or
+/// by tract's own expansion.
 #[derive(Debug, Clone)]
-struct Int8Level {
-    k: usize,
-    n: usize,
+struct CheckedMatMulNBits {
+    spec: MatMulNBits,
+    tracts: Option<Box<dyn Expansion>>,
 }
 
-impl Expansion for Int8Level {
+/// ONNX's name for a tract element type; `Undefined` for those MatMulNBits never takes.
+fn onnx_type(dt: DatumType) -> DataType {
+    match dt {
+        DatumType::F32 => DataType::Float,
+        DatumType::F16 => DataType::Float16,
+        DatumType::F64 => DataType::Double,
+        DatumType::U8 => DataType::Uint8,
+        DatumType::I8 => DataType::Int8,
+        DatumType::I32 => DataType::Int32,
+        DatumType::I64 => DataType::Int64,
+        _ => DataType::Undefined,
+    }
+}
+
+fn fact_of(fact: &TypedFact) -> TensorFact {
+    let dims = fact.shape.iter().map(|d| d.to_i64().ok().and_then(|d| u64::try_from(d).ok()));
+    TensorFact { dtype: Some(onnx_type(fact.datum_type)), dims: Some(dims.collect()) }
+}
+
+impl Expansion for CheckedMatMulNBits {
     fn name(&self) -> StaticName {
         "GptcMatMulNBits".into()
     }
@@ -436,16 +512,31 @@ impl Expansion for Int8Level {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
+        let spec = &self.spec;
         ensure!(outputs.len() == 1, "MatMulNBits has one output");
+        let wanted = 3 + [spec.zero_points, spec.g_idx, spec.bias].iter().filter(|&&o| o).count();
+        ensure!(inputs.len() == wanted, "MatMulNBits {}: {} inputs", spec.node, inputs.len());
         s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
         s.equals(&inputs[0].rank, &outputs[0].rank)?;
-        let n = self.n.to_dim();
+        s.given(&inputs[0].datum_type, move |_, dt| {
+            let a = TensorFact { dtype: Some(onnx_type(dt)), dims: None };
+            Ok(spec.check_activation(&a)?)
+        })?;
+        let n = spec.n.to_dim();
         s.given(&inputs[0].rank, move |s, rank| {
+            // Checked before `rank - 1` is taken: a rank of 0 is refused here.
+            let unknown = usize::try_from(rank).map(|rank| vec![None; rank]).ok();
+            spec.check_activation(&TensorFact { dtype: None, dims: unknown })?;
             let last = rank as usize - 1;
             for axis in 0..last {
                 s.equals(&outputs[0].shape[axis], &inputs[0].shape[axis])?;
             }
-            s.equals(&outputs[0].shape[last], n.clone())
+            s.equals(&outputs[0].shape[last], n.clone())?;
+            s.given(&inputs[0].shape[last], move |_, dim| {
+                let mut dims = vec![None; last];
+                dims.push(dim.to_i64().ok().and_then(|d| u64::try_from(d).ok()));
+                Ok(spec.check_activation(&TensorFact { dtype: None, dims: Some(dims) })?)
+            })
         })
     }
 
@@ -455,33 +546,64 @@ impl Expansion for Int8Level {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        let constant = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
-            let input = inputs.get(i).with_context(|| format!("MatMulNBits: no {what}"))?;
-            model
-                .outlet_fact(*input)?
-                .konst
-                .clone()
-                .with_context(|| format!("MatMulNBits: {what} is not a constant"))
+        let spec = &self.spec;
+        let facts: Vec<TypedFact> =
+            inputs.iter().map(|i| model.outlet_fact(*i).cloned()).collect::<TractResult<_>>()?;
+        // Optional inputs the node leaves out are not wired: the rest keep their order.
+        let mut optional = facts.iter().skip(3);
+        let mut next = |given: bool| given.then(|| optional.next()).flatten();
+        let (zero_points, g_idx, bias) =
+            (next(spec.zero_points), next(spec.g_idx), next(spec.bias));
+        let [a, b, scales] = [0, 1, 2].map(|i| &facts[i]);
+        spec.check_inputs(&MatMulNBitsInputs {
+            a: fact_of(a),
+            b: fact_of(b),
+            scales: fact_of(scales),
+            zero_points: zero_points.map(fact_of),
+            g_idx: g_idx.map(fact_of),
+            bias: bias.map(fact_of),
+        })?;
+        let constant = |fact: &TypedFact, what: &str| {
+            fact.konst.clone().with_context(|| {
+                format!("MatMulNBits {}: gptc runs {what} held in the file only", spec.node)
+            })
         };
-        let (blocks, scales) = (constant(1, "weight")?, constant(2, "scales")?);
+        let (blocks, scales) = (constant(b, "weights")?, constant(scales, "scales")?);
+        if scales.datum_type() == f32::datum_type() {
+            // Both tract computations hold scales in float16 (gptc's kernel, and tract's Q4_0).
+            let plain = scales.try_as_plain_ram()?;
+            spec.check_scales_fit_float16(plain.as_slice::<f32>()?)?;
+        }
+        if let Some(tracts) = &self.tracts {
+            if let Some(zero_points) = zero_points {
+                let dt = constant(zero_points, "zero points")?.datum_type();
+                ensure!(
+                    dt == u8::datum_type(),
+                    "MatMulNBits {}: tract runs uint8 zero points, not {dt:?} (ONNX Runtime runs both)",
+                    spec.node
+                );
+            }
+            return tracts.wire(prefix, model, inputs);
+        }
         let scales = scales.cast_to::<f32>()?;
         let matrix = Int4Matrix::from_stored(
             blocks.shape(),
             blocks.try_as_plain_ram()?.as_slice::<u8>()?.to_vec(),
             scales.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
         )
-        .filter(|m| (m.k, m.n) == (self.k, self.n))
+        .filter(|m| (m.k, m.n) == (spec.k, spec.n))
         .with_context(|| {
             format!(
-                "MatMulNBits {prefix}: weight {:?} for K {} N {}",
+                "MatMulNBits {}: weight {:?} for K {} N {}",
+                spec.node,
                 blocks.shape(),
-                self.k,
-                self.n
+                spec.k,
+                spec.n
             )
         })?;
         let weights = Arc::new(Int4Weights::new(&matrix));
         let op = Int4MatMul::new(weights);
-        let dt = model.outlet_fact(inputs[0])?.datum_type;
+        let dt = a.datum_type;
         if dt == f32::datum_type() {
             // Wired straight to the input, so that siblings can be stacked (`stack_siblings`).
             return model.wire_node(format!("{prefix}.gptc_int4"), op, &[inputs[0]]);
@@ -632,7 +754,7 @@ impl EvalOp for Int4MatMul {
 
 impl TypedOp for Int4MatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let last = inputs[0].rank() - 1;
+        let last = inputs[0].rank().checked_sub(1).context("GptcInt4MatMul: an input of rank 0")?;
         let fact = |width: &usize| {
             let mut shape = inputs[0].shape.clone();
             shape.set(last, width.to_dim());
@@ -692,7 +814,7 @@ mod tests {
     fn matrix(k: usize, n: usize, salt: usize) -> (Vec<f32>, Int4Matrix) {
         let w: Vec<f32> =
             (0..k * n).map(|i| (((i * 7919 + salt) % 1009) as f32 - 504.0) / 5000.0).collect();
-        let q = Int4Matrix::quantize(&w, k, n, false);
+        let q = Int4Matrix::quantize("w", &w, k, n, false).unwrap();
         (q.dequantize(false), q)
     }
 
@@ -780,6 +902,137 @@ mod tests {
             }
             // SAFETY: checked above.
             assert_eq!(unsafe { to_int8_avx2(&values) }, to_int8(&values), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_block_that_is_not_finite_quantizes_to_a_nan_scale_on_every_path() {
+        let mut quantizers: Vec<(&str, ToInt8)> = vec![("plain", to_int8)];
+        if has_avx2() {
+            // SAFETY: checked just above.
+            quantizers.push(("avx2", |values| unsafe { to_int8_avx2(values) }));
+        }
+        for (name, quantize) in quantizers {
+            for odd in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for at in [0, 13, 31] {
+                    let mut values: [f32; BLOCK] =
+                        std::array::from_fn(|i| (i as f32 * 0.7).sin() * 2.0);
+                    values[at] = odd;
+                    let (codes, scale) = quantize(&values);
+                    assert!(scale.is_nan(), "{name}: {odd} at {at} gave scale {scale}");
+                    assert_eq!(codes, [0; BLOCK], "{name}: {odd} at {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_activations_make_their_rows_outputs_nan_on_every_kernel() {
+        // A decode batch of 3 rows and a prompt of 40: one row holds a NaN, another an infinity.
+        for m in [3, 40] {
+            let (k, n) = (96, 10);
+            let weights = Int4Weights::new(&matrix(k, n, 7).1);
+            let mut x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            x[k + 40] = f32::NAN;
+            x[(m - 1) * k + 3] = f32::NEG_INFINITY;
+            let mut kernels = kernels();
+            kernels.push(("plain on the crew", dots));
+            for (name, kernel) in kernels {
+                for crew in [Crew::new(0), Crew::new(1)] {
+                    let mut y = vec![0f32; m * n];
+                    weights.matmul_on(&crew, kernel, &x, &mut y).unwrap();
+                    for (r, row) in y.chunks_exact(n).enumerate() {
+                        let odd = r == 1 || r == m - 1;
+                        assert!(
+                            row.iter().all(|v| v.is_nan() == odd && (odd || v.is_finite())),
+                            "{name}, {m} rows: row {r} {row:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_matrix_is_an_error_not_a_division_by_zero() {
+        let empty = Int4Matrix::from_stored(&[4, 0, BLOB], vec![], vec![]).unwrap();
+        let err = Int4Weights::new(&empty).matmul(&[], &mut [0.0; 4]).unwrap_err();
+        assert!(err.to_string().contains("[0, 4]"), "{err}");
+    }
+
+    /// One `MatMulNBits` node on a graph input `a` of `a_dims` (K 64, N 8, bits 4, blocks of
+    /// 32), with `level`, as a file's bytes.
+    fn single_matmul_nbits(a_dims: &[i64], level: i64) -> Vec<u8> {
+        use gptc_graph::onnx::{
+            AttributeProto, AttributeType, Dim, GraphProto, ModelProto, OperatorSetIdProto,
+            TensorProto, ValueInfoProto,
+        };
+        let int = |name: &str, i: i64| AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Int as i32,
+            i,
+            ..Default::default()
+        };
+        let dims: Vec<Dim> = a_dims.iter().map(|&d| Dim::Fixed(d)).collect();
+        let graph = GraphProto {
+            node: vec![proto::NodeProto {
+                input: vec!["a".into(), "b".into(), "s".into()],
+                output: vec!["y".into()],
+                name: "the_matmul".into(),
+                op_type: "MatMulNBits".into(),
+                domain: gptc_graph::names::MICROSOFT_DOMAIN.into(),
+                attribute: vec![
+                    int("K", 64),
+                    int("N", 8),
+                    int("bits", 4),
+                    int("block_size", 32),
+                    int("accuracy_level", level),
+                ],
+                ..Default::default()
+            }],
+            initializer: vec![
+                TensorProto {
+                    name: "b".into(),
+                    dims: vec![8, 2, 16],
+                    data_type: DataType::Uint8 as i32,
+                    raw_data: vec![0x88; 8 * 2 * 16],
+                    ..Default::default()
+                },
+                TensorProto {
+                    name: "s".into(),
+                    dims: vec![16],
+                    data_type: DataType::Float as i32,
+                    float_data: vec![0.5; 16],
+                    ..Default::default()
+                },
+            ],
+            input: vec![ValueInfoProto::tensor("a", DataType::Float, &dims)],
+            output: vec![ValueInfoProto::tensor("y", DataType::Float, &[])],
+            ..Default::default()
+        };
+        let opset = |domain: &str, version| OperatorSetIdProto { domain: domain.into(), version };
+        let model = ModelProto {
+            ir_version: 8,
+            opset_import: vec![opset("", 17), opset(gptc_graph::names::MICROSOFT_DOMAIN, 1)],
+            graph: Some(graph),
+            ..Default::default()
+        };
+        gptc_graph::file::encode(&model)
+    }
+
+    #[test]
+    fn a_rank_0_activation_is_refused_while_typing_at_every_level() {
+        let typed = |bytes: &[u8]| {
+            onnx().with_ignore_value_info(false).model_for_read(&mut &bytes[..])?.into_typed()
+        };
+        for level in [0, 4] {
+            assert!(typed(&single_matmul_nbits(&[3, 64], level)).is_ok(), "level {level}");
+            // Before the check, `rank - 1` wrapped and the shape rules grew without end.
+            let err = typed(&single_matmul_nbits(&[], level)).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains("`the_matmul`") && err.contains("rank 0"), "{err}");
+            let err = format!("{:#}", typed(&single_matmul_nbits(&[3, 32], level)).unwrap_err());
+            assert!(err.contains("32 values in its last dim, K is 64"), "{err}");
         }
     }
 

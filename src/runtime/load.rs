@@ -107,6 +107,14 @@ fn loaded(
     (runtime, fallback): (Box<dyn Runtime>, Option<String>),
     config: GptConfig,
 ) -> Result<Loaded> {
+    // Whatever the precision or quantization, a head narrower than the vocabulary would leave
+    // ids unreachable, a wider one would produce ids the tokenizer does not have.
+    if let Some(width) = runtime.logits_width().filter(|&w| w != config.vocab_size) {
+        return Err(crate::Error::Model(format!(
+            "the model's logits hold {width} values a position, but its config's vocabulary is {}",
+            config.vocab_size
+        )));
+    }
     Ok(Loaded { runtime, config, fallback })
 }
 

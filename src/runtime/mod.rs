@@ -39,6 +39,12 @@ pub trait Runtime {
     /// Whether the model keeps keys and values between runs.
     fn has_cache(&self) -> bool;
 
+    /// Values a position of the logits holds, as the loaded model's shapes fix it (`None` when
+    /// they do not): what [`load`] holds to the config's vocabulary.
+    fn logits_width(&self) -> Option<usize> {
+        None
+    }
+
     /// Forgets the cache: the next run starts a new sequence (past length 0).
     fn reset(&mut self);
 
@@ -60,6 +66,11 @@ pub trait Backend {
     type Value;
 
     fn name(&self) -> String;
+
+    /// See [`Runtime::logits_width`].
+    fn logits_width(&self) -> Option<usize> {
+        None
+    }
 
     /// Token ids (or a mask, or positions) as an input.
     fn ids(&self, ids: &Array2<i64>) -> Result<Self::Value>;
@@ -112,6 +123,10 @@ impl<B: Backend> Runtime for Engine<B> {
 
     fn has_cache(&self) -> bool {
         matches!(self.inputs, Inputs::Cached { .. })
+    }
+
+    fn logits_width(&self) -> Option<usize> {
+        self.backend.logits_width()
     }
 
     fn reset(&mut self) {

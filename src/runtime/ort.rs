@@ -208,6 +208,15 @@ impl Backend for OrtBackend {
         format!("ort-{}", self.device)
     }
 
+    fn logits_width(&self) -> Option<usize> {
+        // ONNX Runtime's shapes, after its own inference (the head's, not what the file declares).
+        let logits = self.session.outputs().iter().find(|o| o.name() == names::LOGITS)?;
+        match logits.dtype() {
+            ValueType::Tensor { shape, .. } => usize::try_from(*shape.last()?).ok(),
+            _ => None,
+        }
+    }
+
     fn ids(&self, ids: &Array2<i64>) -> Result<DynValue> {
         Ok(ids_tensor(ids)?.into_dyn())
     }

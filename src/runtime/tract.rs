@@ -133,6 +133,11 @@ impl Backend for TractBackend {
         "tract".into()
     }
 
+    fn logits_width(&self) -> Option<usize> {
+        let fact = self.plan.model().output_fact(self.logits_output).ok()?;
+        usize::try_from(fact.shape.last()?.to_i64().ok()?).ok()
+    }
+
     fn ids(&self, ids: &Array2<i64>) -> Result<TValue> {
         Ok(Tensor::from(ids.clone()).into())
     }
