@@ -106,7 +106,8 @@ pub enum Weights {
     /// GPT-2's init from a seed: the same seed gives a byte-identical model.
     Random { seed: u64 },
     /// Trained weights: a Hugging Face GPT-2 folder (its `config.json` gives the config), or one
-    /// `.safetensors` file (the config comes from the [`ConfigSpec`]).
+    /// file (the config comes from the [`ConfigSpec`]): `.safetensors` with Hugging Face's or the
+    /// book's names, or the book's `torch.save` `.pth`.
     Checkpoint(PathBuf),
 }
 
@@ -186,7 +187,7 @@ pub fn compile(
         }
         let config = spec.resolve()?;
         memory::check_fits(memory::model_bytes(&config, options.precision))?;
-        let tensors = checkpoint::read_safetensors(std::slice::from_ref(path), &config)?;
+        let tensors = checkpoint::read_file(path, &config, options.tie_weights)?;
         (config, checkpoint::Checkpoint::new(tensors))
     };
     options.tie_weights |= !checkpoint.has(names::OUTPUT_HEAD);

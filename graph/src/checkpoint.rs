@@ -112,6 +112,16 @@ fn is_mask_buffer(name: &str) -> bool {
     name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
 }
 
+/// One checkpoint file, read by what it holds: the book's (a `torch.save` file, or safetensors
+/// with the book's names) through [`crate::book`], else Hugging Face GPT-2 safetensors. With
+/// `tie_weights` a book checkpoint's head must equal its token embedding, and is dropped.
+pub fn read_file(path: &Path, config: &GptConfig, tie_weights: bool) -> Result<TensorMap> {
+    if crate::book::is_book_file(path)? {
+        return crate::book::read_gpt(path, config, tie_weights);
+    }
+    read_safetensors(std::slice::from_ref(&path.to_path_buf()), config)
+}
+
 /// Reads every tensor of the shards under gptc's names: `transformer.` dropped, `c_attn` split.
 pub fn read_safetensors(paths: &[PathBuf], config: &GptConfig) -> Result<TensorMap> {
     let mut map = BTreeMap::new();

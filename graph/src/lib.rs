@@ -2,6 +2,7 @@
 //!
 //! Knows ONNX, not runtimes: anyone who only wants the `.onnx` file needs nothing else.
 
+pub mod book;
 pub mod builder;
 pub mod checkpoint;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod file;
 pub mod gpt2;
 pub mod names;
 pub mod onnx;
+pub mod pth;
 pub mod quant;
 pub mod rng;
 pub mod weights;
@@ -44,6 +46,9 @@ pub enum Error {
     /// A node of a model that ONNX Runtime would refuse, or that gptc cannot run.
     #[error("node `{node}`: {reason}")]
     Node { node: String, reason: String },
+    /// A checkpoint file that cannot be read as one: its format, its archive, its pickle.
+    #[error("{}: {reason}", path.display())]
+    Checkpoint { path: PathBuf, reason: String },
     /// The system refused a resource (a thread, under a process limit).
     #[error("{0}")]
     System(String),

@@ -188,7 +188,8 @@ impl Dtype {
 #[derive(Args)]
 pub struct ExportArgs {
     /// Trained weights: a Hugging Face GPT-2 folder (config.json and model.safetensors, or
-    /// shards with their index), or one .safetensors file with --preset or --config.
+    /// shards with their index), or one file with --preset or --config: .safetensors (Hugging
+    /// Face's names or the book's), or the book's `torch.save` .pth (read without Python).
     #[arg(long, value_name = "DIR|FILE")]
     pub weights: Option<PathBuf>,
     #[command(flatten)]
