@@ -31,14 +31,19 @@ pub enum Format {
     Zip,
     /// The pickle stream of PyTorch < 1.6 (or `_use_new_zipfile_serialization=False`).
     Legacy,
+    /// Some other pickle (`pickle.dump`): no tensors torch.save would have written.
+    Pickle,
 }
 
 impl Format {
+    /// Reads the first 8 bytes (at most).
     pub fn sniff(head: &[u8]) -> Option<Format> {
         match head {
             [b'P', b'K', ..] => Some(Format::Zip),
-            // A pickle's PROTO opcode: the legacy format begins with a pickled magic number.
-            [0x80, ..] => Some(Format::Legacy),
+            // PROTO, then LONG1 of 10 bytes: the legacy format's magic number 0x1950a86a20f9469cfc6c
+            // (its first 4 bytes fit in 8).
+            [0x80, _, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, ..] => Some(Format::Legacy),
+            [0x80, ..] => Some(Format::Pickle),
             _ => None,
         }
     }
@@ -53,6 +58,11 @@ pub fn state_dict<'a>(path: &Path, bytes: &'a [u8]) -> Result<Vec<TensorView<'a>
         Some(Format::Legacy) => {
             return Err(refuse(
                 "a torch.save file in the legacy format (PyTorch < 1.6, or _use_new_zipfile_serialization=False), which gptc does not read: re-save it with PyTorch >= 1.6, `torch.save(model.state_dict(), path)`, which writes the zip format".into(),
+            ))
+        }
+        Some(Format::Pickle) => {
+            return Err(refuse(
+                "a bare pickle, not a torch.save archive: save the model with `torch.save(model.state_dict(), path)`".into(),
             ))
         }
         None => return Err(refuse("not a PyTorch checkpoint (no zip archive)".into())),
@@ -144,5 +154,24 @@ fn state_dict_entries<'p>(path: &Path, pickle: &'p Pickle) -> Result<&'p [(Value
                 pickle.describe(value)
             ))),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_say_which_format() {
+        // torch.save(..., _use_new_zipfile_serialization=False), then pickle.dump of a dict.
+        let legacy = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
+        assert_eq!(Format::sniff(legacy), Some(Format::Legacy));
+        assert_eq!(Format::sniff(b"\x80\x04\x95\x05\x00\x00\x00\x00}."), Some(Format::Pickle));
+        assert_eq!(Format::sniff(b"PK\x03\x04"), Some(Format::Zip));
+        assert_eq!(Format::sniff(b"\x08\x00\x00\x00\x00\x00\x00\x00{}"), None);
+        let path = Path::new("m.pth");
+        let err = |bytes: &[u8]| state_dict(path, bytes).unwrap_err().to_string();
+        assert!(err(legacy).contains("legacy format"));
+        assert!(err(b"\x80\x04}.").contains("a bare pickle"));
     }
 }
