@@ -569,8 +569,13 @@ impl Expansion for CheckedMatMulNBits {
             })
         };
         let (blocks, scales) = (constant(b, "weights")?, constant(scales, "scales")?);
-        if scales.datum_type() == f32::datum_type() {
-            // Both tract computations hold scales in float16 (gptc's kernel, and tract's Q4_0).
+        // gptc's kernel and tract's block-quantized path (which tract 0.23's `mat_mul_nbits`
+        // takes for blocks of 32) hold scales in float16; tract's other path in float32.
+        let float16_scales = self.tracts.is_none()
+            || (spec.k.is_multiple_of(32)
+                && spec.block_size.is_multiple_of(32)
+                && (spec.bits == 2 || spec.block_size == 32));
+        if float16_scales && scales.datum_type() == f32::datum_type() {
             let plain = scales.try_as_plain_ram()?;
             spec.check_scales_fit_float16(plain.as_slice::<f32>()?)?;
         }
@@ -961,8 +966,9 @@ mod tests {
     }
 
     /// One `MatMulNBits` node on a graph input `a` of `a_dims` (K 64, N 8, bits 4, blocks of
-    /// 32), with `level`, as a file's bytes.
-    fn single_matmul_nbits(a_dims: &[i64], level: i64) -> Vec<u8> {
+    /// `block_size`, every scale `scale`), with `level`, as a file's bytes.
+    fn single_matmul_nbits(a_dims: &[i64], level: i64, block_size: i64, scale: f32) -> Vec<u8> {
+        let blocks = 64 / block_size;
         use gptc_graph::onnx::{
             AttributeProto, AttributeType, Dim, GraphProto, ModelProto, OperatorSetIdProto,
             TensorProto, ValueInfoProto,
@@ -985,7 +991,7 @@ mod tests {
                     int("K", 64),
                     int("N", 8),
                     int("bits", 4),
-                    int("block_size", 32),
+                    int("block_size", block_size),
                     int("accuracy_level", level),
                 ],
                 ..Default::default()
@@ -993,16 +999,16 @@ mod tests {
             initializer: vec![
                 TensorProto {
                     name: "b".into(),
-                    dims: vec![8, 2, 16],
+                    dims: vec![8, blocks, block_size / 2],
                     data_type: DataType::Uint8 as i32,
-                    raw_data: vec![0x88; 8 * 2 * 16],
+                    raw_data: vec![0x99; 8 * 32],
                     ..Default::default()
                 },
                 TensorProto {
                     name: "s".into(),
-                    dims: vec![16],
+                    dims: vec![8 * blocks],
                     data_type: DataType::Float as i32,
-                    float_data: vec![0.5; 16],
+                    float_data: vec![scale; 8 * blocks as usize],
                     ..Default::default()
                 },
             ],
@@ -1026,14 +1032,34 @@ mod tests {
             onnx().with_ignore_value_info(false).model_for_read(&mut &bytes[..])?.into_typed()
         };
         for level in [0, 4] {
-            assert!(typed(&single_matmul_nbits(&[3, 64], level)).is_ok(), "level {level}");
+            assert!(typed(&single_matmul_nbits(&[3, 64], level, 32, 0.5)).is_ok(), "{level}");
             // Before the check, `rank - 1` wrapped and the shape rules grew without end.
-            let err = typed(&single_matmul_nbits(&[], level)).unwrap_err();
+            let err = typed(&single_matmul_nbits(&[], level, 32, 0.5)).unwrap_err();
             let err = format!("{err:#}");
             assert!(err.contains("`the_matmul`") && err.contains("rank 0"), "{err}");
-            let err = format!("{:#}", typed(&single_matmul_nbits(&[3, 32], level)).unwrap_err());
+            let short = single_matmul_nbits(&[3, 32], level, 32, 0.5);
+            let err = format!("{:#}", typed(&short).unwrap_err());
             assert!(err.contains("32 values in its last dim, K is 64"), "{err}");
         }
+    }
+
+    #[test]
+    fn scales_beyond_float16_are_refused_only_where_tract_holds_them_in_float16() {
+        let run = |bytes: &[u8]| -> TractResult<Vec<f32>> {
+            let model = onnx().model_for_read(&mut &bytes[..])?.into_typed()?.into_runnable()?;
+            let a = Tensor::from_shape(&[1, 64], &[1f32; 64])?;
+            let y = model.run(tvec![a.into_tvalue()])?;
+            Ok(y[0].to_plain_array_view::<f32>()?.iter().copied().collect())
+        };
+        // Blocks of 32: gptc's kernel (level 4) and tract's Q4_0 (level 0) keep float16 scales.
+        for level in [0, 4] {
+            let err = run(&single_matmul_nbits(&[1, 64], level, 32, 1e6)).unwrap_err();
+            assert!(format!("{err:#}").contains("float16"), "{err:#}");
+        }
+        // Blocks of 64 at 4 bits: tract dequantizes in float32, the scale is kept exactly
+        // (code 9 is 1 above the zero point 8: every output is 64 scales).
+        let y = run(&single_matmul_nbits(&[1, 64], 0, 64, 1e6)).unwrap();
+        assert!(y.iter().all(|&v| v == 64e6), "{y:?}");
     }
 
     #[test]
