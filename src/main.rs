@@ -19,10 +19,17 @@ fn main() {
     // models) and reported as errors; any other is a bug, reported below in one line.
     std::panic::set_hook(Box::new(|_| {}));
     // Ctrl-C, SIGTERM or SIGHUP in the middle of an export (or a bench, or staging a large
-    // model) leaves no temporary file behind. 128 + SIGINT, as shells report an interrupt.
-    let _ = ctrlc::set_handler(|| {
-        gptc_graph::file::remove_temporaries();
-        std::process::exit(130);
+    // model) leaves no temporary file behind, and every output whole: the old one or the new.
+    // The handler runs on its own thread; the commit lock makes it wait for an output being
+    // put in place, and keeps any other from being put in place once it has begun. The exit
+    // code says which state an export left: 130 (128 + SIGINT, as shells report an
+    // interrupt), its output as it was; 0, the signal came once the new output was in place.
+    let exporting = matches!(cli.command, Command::Export(_));
+    let _ = ctrlc::set_handler(move || {
+        let held = gptc_graph::file::commit_lock();
+        gptc_graph::file::remove_temporaries(&held);
+        let finished = exporting && held.outputs_in_place() > 0;
+        std::process::exit(if finished { 0 } else { 130 });
     });
     let run = std::panic::catch_unwind(|| match cli.command {
         Command::Export(args) => commands::export(args),
@@ -32,6 +39,10 @@ fn main() {
         Command::Check(args) => commands::check(args),
         Command::Tokenize(args) => commands::tokenize(args),
     });
+    // A signal handler that has begun ends the process itself, with the code that says what it
+    // left (an error of the main thread may only be the handler removing its files); from here
+    // on no handler begins.
+    let _held = gptc_graph::file::commit_lock();
     let result = match run {
         Ok(result) => result,
         Err(panic) => {
@@ -48,6 +59,7 @@ fn main() {
         eprintln!("error: {}", message(&e));
         std::process::exit(1);
     }
+    std::process::exit(0);
 }
 
 /// The system allocator, except that a failed allocation ends gptc with one error line (exit 1)

@@ -59,15 +59,61 @@ pub fn read_text_input(path: &Path) -> Result<String> {
 
 /// Temporary files and folders that exist only while a write is in progress: a signal handler
 /// removes them (see [`remove_temporaries`]), so an interrupted export leaves nothing behind.
+/// Lock order: [`COMMITS`] before this one.
 static TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 fn temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     TEMPORARIES.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How many outputs (files, pairs, folders that the caller asked for, not temporaries) this
+/// process has put in place; its lock is the one that [`commit_lock`] takes.
+static COMMITS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+/// The one lock that putting outputs in place and a signal handler share. Every rename that
+/// puts an output in place (a [`Staged`] file, a model and its data, a folder's swap), and the
+/// making of every temporary, happens while holding it; a signal handler takes it before it
+/// removes the temporaries and holds it until the process ends. So a signal that lands during a
+/// commit waits for it to end, no commit starts once the handler runs, and the handler sees
+/// every output either as it was or in place, as [`CommitLock::outputs_in_place`] says.
+pub struct CommitLock(std::sync::MutexGuard<'static, usize>);
+
+/// Takes the commit lock (see [`CommitLock`]), waiting for a commit in progress.
+pub fn commit_lock() -> CommitLock {
+    CommitLock(COMMITS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+impl CommitLock {
+    /// Records that an output the caller asked for is now in place.
+    pub fn output_in_place(&mut self) {
+        *self.0 += 1;
+    }
+
+    /// How many outputs this process has put in place so far.
+    pub fn outputs_in_place(&self) -> usize {
+        *self.0
+    }
+}
+
 /// Records a temporary path, to be removed by [`remove_temporaries`] if the process is stopped.
+/// A path made after it is recorded could be made after a signal handler removed what was
+/// recorded: make temporaries with [`create_temporary_dir`] or [`Staged::write`], which record
+/// and make them under the commit lock.
 pub fn register_temporary(path: &Path) {
     temporaries().push(path.to_path_buf());
+}
+
+/// Makes the folder `path` (its parent must exist) and records it as a temporary, in one step
+/// as a signal handler sees it. A stale folder of the same name (a process of the same id that
+/// was killed) is removed first.
+pub fn create_temporary_dir(path: &Path) -> Result<()> {
+    let _held = commit_lock();
+    register_temporary(path);
+    let _ = std::fs::remove_dir_all(path);
+    std::fs::create_dir(path).map_err(|error| {
+        unregister_temporary(path);
+        Error::Io { path: path.to_path_buf(), error }
+    })
 }
 
 /// Forgets a temporary path (it was renamed into place, or removed).
@@ -75,22 +121,43 @@ pub fn unregister_temporary(path: &Path) {
     temporaries().retain(|p| p != path);
 }
 
-/// Removes every registered temporary file or folder: for a signal handler, before exiting.
-pub fn remove_temporaries() {
+/// Whether `path` lies inside a registered temporary folder (a file written there is staged,
+/// not an output in place).
+fn inside_temporary(path: &Path) -> bool {
+    temporaries().iter().any(|t| path.starts_with(t) && path != t)
+}
+
+/// Removes every registered temporary file or folder: for a signal handler, holding the commit
+/// lock until the process ends (so nothing is put in place from the temporaries it removes).
+pub fn remove_temporaries(_held: &CommitLock) {
     for path in temporaries().drain(..) {
-        let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+        let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if !is_dir {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        // The main thread may still be writing into the folder (a file made between the
+        // listing and the removal of its folder): remove again until it is gone. Nothing
+        // makes the folder itself again (see `create_temporary_dir`), so this ends.
+        for _ in 0..1000 {
+            match std::fs::remove_dir_all(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => continue,
+                _ => break,
+            }
+        }
     }
 }
 
 /// Where a write to `path` lands, checked before any work is done: a new path, or an existing
 /// regular file; a symlink is followed, so its target is replaced (in the target's folder) and
-/// the link stays. Devices, folders, FIFOs and the like are refused.
+/// the link stays. A dangling symlink, devices, folders, FIFOs and the like are refused.
 pub fn output_target(path: &Path) -> Result<PathBuf> {
-    let refuse = |why: &str| Error::Io {
+    let refuse = |why: String| Error::Io {
         path: path.to_path_buf(),
-        error: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string()),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
     };
     let mut target = path.to_path_buf();
+    let mut followed = false;
     // A chain of links, each resolved against the folder it lives in.
     for _ in 0..40 {
         match std::fs::symlink_metadata(&target) {
@@ -98,21 +165,29 @@ pub fn output_target(path: &Path) -> Result<PathBuf> {
                 let link = std::fs::read_link(&target)
                     .map_err(|error| Error::Io { path: target.clone(), error })?;
                 target = target.parent().unwrap_or(Path::new("")).join(link);
+                followed = true;
             }
             Ok(meta) if meta.is_file() => return Ok(target),
             Ok(_) => {
-                return Err(refuse("exists and is not a regular file: gptc replaces only files"))
+                return Err(refuse(
+                    "exists and is not a regular file: gptc replaces only files".into(),
+                ))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Writing through a dangling link would make a file the user never named.
+                if followed {
+                    let to = target.display();
+                    return Err(refuse(format!("is a symlink to {to}, which does not exist")));
+                }
                 if target.file_name().is_none() {
-                    return Err(refuse("not a file path"));
+                    return Err(refuse("not a file path".into()));
                 }
                 return Ok(target);
             }
             Err(error) => return Err(Error::Io { path: target, error }),
         }
     }
-    Err(refuse("too many levels of symbolic links"))
+    Err(refuse("too many levels of symbolic links".into()))
 }
 
 /// A file being written beside its target, under a hidden temporary name; [`Staged::commit`]
@@ -137,11 +212,15 @@ impl Staged {
         };
         let name = target.file_name().unwrap_or_default().to_string_lossy().into_owned();
         let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-        register_temporary(&tmp);
-        let staged = Staged { tmp, target, committed: false };
         let io_err = |error| Error::Io { path: path.to_path_buf(), error };
-        let mut out =
-            BufWriter::with_capacity(1 << 20, std::fs::File::create(&staged.tmp).map_err(io_err)?);
+        // Recorded and made in one step as a signal handler sees it (see `CommitLock`).
+        let (staged, created) = {
+            let _held = commit_lock();
+            register_temporary(&tmp);
+            let created = std::fs::File::create(&tmp);
+            (Staged { tmp, target, committed: false }, created)
+        };
+        let mut out = BufWriter::with_capacity(1 << 20, created.map_err(io_err)?);
         fill(&mut out).map_err(io_err)?;
         let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
         if let Ok(meta) = std::fs::metadata(&staged.target) {
@@ -150,11 +229,20 @@ impl Staged {
         Ok(staged)
     }
 
-    /// Puts the new file in place.
-    pub fn commit(mut self) -> Result<()> {
+    /// Puts the new file in place, under the commit lock.
+    pub fn commit(self) -> Result<()> {
+        self.commit_under(&mut commit_lock())
+    }
+
+    /// Puts the new file in place, under a commit lock the caller holds (to put several files
+    /// in place as one step, as a signal handler sees it).
+    pub fn commit_under(mut self, held: &mut CommitLock) -> Result<()> {
         std::fs::rename(&self.tmp, &self.target)
             .map_err(|error| Error::Io { path: self.target.clone(), error })?;
         self.committed = true;
+        if !inside_temporary(&self.target) {
+            held.output_in_place();
+        }
         Ok(())
     }
 }
@@ -359,8 +447,10 @@ pub fn write_model_as(
         Ok(())
     })?;
     let staged_model = Staged::write(path, |out| out.write_all(&stub.encode_to_vec()))?;
-    staged_data.commit()?;
-    staged_model.commit()?;
+    // One step as a signal handler sees it: never a new data file beside the old model.
+    let mut held = commit_lock();
+    staged_data.commit_under(&mut held)?;
+    staged_model.commit_under(&mut held)?;
     Ok(Some(data))
 }
 

@@ -151,11 +151,8 @@ pub(crate) struct StagingDir(pub PathBuf);
 impl StagingDir {
     pub(crate) fn new() -> Result<StagingDir> {
         let dir = std::env::temp_dir().join(format!("gptc-{}", std::process::id()));
-        file::register_temporary(&dir);
-        let staging = StagingDir(dir);
-        std::fs::create_dir_all(&staging.0)
-            .map_err(|error| Error::File { path: staging.0.clone(), error })?;
-        Ok(staging)
+        file::create_temporary_dir(&dir)?;
+        Ok(StagingDir(dir))
     }
 }
 
