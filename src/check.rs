@@ -117,6 +117,16 @@ fn compare(
     Ok(())
 }
 
+/// The model at `path` as `check` reads it: through the one reader of model files (the input
+/// guard, its header, its external data and the memory it needs checked before its body is
+/// read), the memory counting tract's analysis of it too. Returns its header and the model.
+pub fn read_model_file(path: &Path) -> Result<(gptc_graph::file::StoredHeader, ModelProto)> {
+    use crate::runtime::load::{ModelFile, Use};
+    let file = ModelFile::open(path, Use::DecodeAndLoad)?;
+    let model = file.decode()?;
+    Ok((file.header, model))
+}
+
 /// Checks the file's declared inputs and outputs against the contract for `config` and
 /// against what tract's shape analysis infers from the inputs alone. Returns the variant.
 pub fn check_model(path: &Path, model: &ModelProto, config: &GptConfig) -> Result<GraphOptions> {

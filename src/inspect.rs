@@ -141,6 +141,14 @@ fn part_bytes(model: &ModelProto) -> [(Part, u64); 3] {
     bytes
 }
 
+/// The model at `path` as `inspect` reads it: through the one reader of model files (the input
+/// guard, its header, its external data and the memory it needs checked before its body is
+/// read).
+pub fn read_model_file(path: &std::path::Path) -> crate::Result<ModelProto> {
+    use crate::runtime::load::{ModelFile, Use};
+    ModelFile::open(path, Use::Decode)?.decode()
+}
+
 /// Opset, inputs and outputs with their dims, node counts by op type, stored parameters.
 pub fn file_report(model: &ModelProto) -> String {
     let mut out = String::new();

@@ -250,3 +250,136 @@ fn onnx_runtime_failures_are_one_line() {
     one_line_error(&out, "ONNX Runtime");
     assert!(!stderr(&out).contains("[E:onnxruntime"), "{}", stderr(&out));
 }
+
+/// Runs gptc in `dir`, killing it and failing the test if it is not done within `seconds`
+/// (a read that waits on a FIFO would otherwise hang the test run).
+fn gptc_within(dir: &Path, args: &[&str], seconds: u64) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gptc"))
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(seconds) {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("{args:?} still ran after {seconds} s: {}", stderr(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn an_external_data_file_that_is_not_a_regular_file_is_refused_by_every_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_success(&gptc_in(d, &with_tiny(&["export", "--external-data", "-o", "m.onnx"])));
+    assert_success(&gptc_in(d, &with_tiny(&["export", "--external-data", "-o", "folder/"])));
+    for (model, data) in [("m.onnx", "m.onnx.data"), ("folder", "folder/onnx/model.onnx_data")] {
+        std::fs::remove_file(d.join(data)).unwrap();
+        assert!(Command::new("mkfifo").arg(d.join(data)).status().unwrap().success());
+        for args in [
+            vec!["check", model],
+            vec!["inspect", "--model", model],
+            vec!["generate", "hi", "--model", model],
+            vec!["generate", "hi", "--model", model, "--runtime", "ort"],
+        ] {
+            let out = gptc_within(d, &args, 60);
+            one_line_error(&out, "not a regular file");
+            assert!(stderr(&out).contains(data), "{args:?}: {}", stderr(&out));
+        }
+    }
+}
+
+/// A size no machine running the tests has as memory (four times this one's), costing no disk
+/// as a sparse file.
+fn beyond_memory() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total = info.lines().find(|l| l.starts_with("MemTotal:")).unwrap();
+    let kib: u64 = total.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (4 * kib * 1024).max(64 << 30)
+}
+
+/// A file of `head` followed by zeros up to `size` bytes, without writing the zeros.
+fn sparse_file(path: &Path, head: &[u8], size: u64) {
+    std::fs::write(path, head).unwrap();
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(size).unwrap();
+}
+
+/// A protobuf field (number 1000, unknown to ONNX) whose bytes run `len` long.
+fn unknown_field_of(len: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for mut v in [(1000 << 3) | 2, len] {
+        while v >= 0x80 {
+            bytes.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        bytes.push(v as u8);
+    }
+    bytes
+}
+
+/// Runs gptc in `dir` allowed 1 GiB of heap (`ulimit -d`; a mapped file does not count), and
+/// expects it to refuse in one line holding `expect`, within seconds.
+fn refused_without_reading(dir: &Path, args: &[&str], expect: &str) {
+    let start = std::time::Instant::now();
+    let limited =
+        [&["-c", r#"ulimit -d 1048576 && exec "$0" "$@""#, env!("CARGO_BIN_EXE_gptc")], args]
+            .concat();
+    let out = Command::new("sh").current_dir(dir).args(&limited).output().unwrap();
+    one_line_error(&out, expect);
+    let seconds = start.elapsed().as_secs_f64();
+    assert!(seconds < 20.0, "{args:?} took {seconds:.1} s: was the file read?");
+}
+
+#[test]
+fn a_large_file_is_refused_from_its_size_and_header_before_its_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 6 GiB of zeros (no ONNX model, no safetensors header): reading them took 39 s and 6.3 GB.
+    sparse_file(&d.join("zeros.onnx"), &[], 6 << 30);
+    sparse_file(&d.join("zeros.safetensors"), &[], 6 << 30);
+    for args in [
+        &["generate", "hi", "--model", "zeros.onnx"][..],
+        &["check", "zeros.onnx"],
+        &["inspect", "--model", "zeros.onnx"],
+    ] {
+        refused_without_reading(d, args, "zeros.onnx: not a readable ONNX model");
+    }
+    let weights = ["export", "--weights", "zeros.safetensors", "--preset", "gpt2-small"];
+    refused_without_reading(d, &[&weights[..], &["-o", "x.onnx"]].concat(), "not a safetensors");
+
+    // A well-formed model carrying a field as large as a file can be: plausible, but more than
+    // this machine's memory once read, so refused by its size.
+    assert_success(&gptc_in(d, &with_tiny(&["export", "-o", "m.onnx"])));
+    let mut head = std::fs::read(d.join("m.onnx")).unwrap();
+    let size = beyond_memory();
+    head.extend(unknown_field_of(size));
+    let end = head.len() as u64 + size;
+    sparse_file(&d.join("huge.onnx"), &head, end);
+    for args in [
+        &["generate", "hi", "--model", "huge.onnx"][..],
+        &["check", "huge.onnx"],
+        &["inspect", "--model", "huge.onnx"],
+    ] {
+        refused_without_reading(d, args, "GB of memory");
+    }
+
+    // A well-formed safetensors file whose one tensor holds more values than gpt2-small has.
+    let values: u64 = 1 << 30;
+    let header = format!(
+        r#"{{"wte.weight":{{"dtype":"F32","shape":[{values}],"data_offsets":[0,{}]}}}}"#,
+        values * 4
+    );
+    let mut head = (header.len() as u64).to_le_bytes().to_vec();
+    head.extend(header.as_bytes());
+    let end = head.len() as u64 + values * 4;
+    sparse_file(&d.join("huge.safetensors"), &head, end);
+    let weights = ["export", "--weights", "huge.safetensors", "--preset", "gpt2-small"];
+    refused_without_reading(d, &[&weights[..], &["-o", "x.onnx"]].concat(), "more than");
+    assert!(!d.join("x.onnx").exists());
+}

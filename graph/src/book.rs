@@ -229,7 +229,8 @@ pub fn is_book_file(path: &Path) -> Result<bool> {
     if !meta.is_file() {
         return Ok(false);
     }
-    let mut file = std::fs::File::open(path).map_err(io)?;
+    // Through the input guard: a path swapped for a FIFO since is refused, not waited on.
+    let (mut file, _) = crate::file::open_input(path)?;
     let mut head = [0u8; 8];
     if file.read_exact(&mut head).is_err() {
         return Ok(false);
@@ -397,7 +398,8 @@ fn check_causal_mask(view: &TensorView) -> Result<()> {
 /// Chapter 4's GPTModel from a book checkpoint, as the tensors of gptc's GPT-2 graph for
 /// `config`. With `tie_head` the head is the token embedding (see [`map`]).
 pub fn read_gpt(path: &Path, config: &GptConfig, tie_head: bool) -> Result<TensorMap> {
-    let bytes = crate::file::read_input(path, u64::MAX)?;
+    // Mapped, not read: the header is checked before the body is touched.
+    let bytes = crate::file::map_input(path)?;
     let views = read_views(path, &bytes)?;
     match Family::of_names(views.iter().map(|v| v.name.as_str())) {
         Some(family @ (Family::Llama3 | Family::Qwen3)) => Err(Error::Checkpoint {

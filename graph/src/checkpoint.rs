@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
-use crate::config::{GptConfig, LAYER_NORM_EPS};
+use crate::config::{GptConfig, ParameterCount, LAYER_NORM_EPS};
 use crate::names;
 use crate::weights::{Init, NamedTensor, TensorMap, WeightSource};
 use crate::{Error, Result};
@@ -125,10 +125,46 @@ pub fn read_file(path: &Path, config: &GptConfig, tie_weights: bool) -> Result<T
 /// Reads every tensor of the shards under gptc's names: `transformer.` dropped, `c_attn` split.
 pub fn read_safetensors(paths: &[PathBuf], config: &GptConfig) -> Result<TensorMap> {
     let mut map = BTreeMap::new();
+    // The most values a checkpoint of `config` can hold (biases and head counted whether the
+    // config has them or not): weighed from the headers before a value is converted, so the
+    // memory checked for `config` bounds what reading takes.
+    let count = ParameterCount::of(&GptConfig { qkv_bias: true, ..config.clone() });
+    let per_block =
+        [count.per_block_attention, count.per_block_feed_forward, count.per_block_norms]
+            .iter()
+            .fold(0u64, |n, &part| n.saturating_add(part as u64));
+    let most =
+        [count.token_embedding, count.position_embedding, count.final_norm, count.output_head]
+            .iter()
+            .fold(per_block.saturating_mul(count.n_blocks as u64), |n, &part| {
+                n.saturating_add(part as u64)
+            });
+    let mut held = 0u64;
     for path in paths {
-        let bytes = crate::file::read_input(path, u64::MAX)?;
+        // Mapped: a header is read and checked before the body, which is read tensor by tensor.
+        let bytes = crate::file::map_input(path)?;
         let tensors = SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::NotSafetensors { path: path.clone(), reason: e.to_string() })?;
+        let values = |view: &safetensors::tensor::TensorView| {
+            view.shape().iter().fold(1u64, |n, &d| n.saturating_mul(d as u64))
+        };
+        for (key, view) in tensors.iter() {
+            let name = key.strip_prefix("transformer.").unwrap_or(key);
+            if !is_mask_buffer(name) {
+                held = held.saturating_add(values(&view));
+            }
+        }
+        if held > most {
+            return Err(Error::Io {
+                path: path.clone(),
+                error: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "holds {held} weight values, more than the {most} a model of this config has"
+                    ),
+                ),
+            });
+        }
         for (key, view) in tensors.tensors() {
             let name = key.strip_prefix("transformer.").unwrap_or(&key).to_string();
             if is_mask_buffer(&name) {

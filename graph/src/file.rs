@@ -23,30 +23,73 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
 /// The most a small text input (a config, an index, a prompt file) may hold.
 pub const TEXT_LIMIT: u64 = 64 << 20;
 
-/// Reads a whole input file, refusing before reading anything that is not a regular file (a
-/// device, a FIFO, a folder: each could be endless) or that is larger than `limit` bytes.
+/// Opens an input file: the one guard that every file gptc reads passes (models, their external
+/// data, checkpoints, configs, indexes, prompt files), and that runs before tract or ONNX
+/// Runtime are handed a path. Only a regular file is opened: a FIFO, a device or a folder could
+/// block the open or never end. Returns the file and its size.
+pub fn open_input(path: &Path) -> Result<(std::fs::File, u64)> {
+    let io_err = |error| Error::Io { path: path.to_path_buf(), error };
+    let not_regular =
+        || io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    // Looked at before it is opened: opening a FIFO waits for a writer.
+    if !std::fs::metadata(path).map_err(io_err)?.is_file() {
+        return Err(not_regular());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // A path swapped for a FIFO since it was looked at must not block the open either; reading
+    // a regular file is the same with this flag.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).map_err(io_err)?;
+    // The file opened is the one judged.
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    Ok((file, meta.len()))
+}
+
+/// Reads a whole input file (through [`open_input`]), refusing one larger than `limit` bytes
+/// before reading it.
 pub fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let io_err = |error| Error::Io { path: path.to_path_buf(), error };
     let refuse = |why: String| io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
-    // Looked at before it is opened: opening a FIFO waits for a writer.
-    let meta = std::fs::metadata(path).map_err(io_err)?;
-    if !meta.is_file() {
-        return Err(refuse("not a regular file".into()));
-    }
-    let mut file = std::fs::File::open(path).map_err(io_err)?;
-    if meta.len() > limit {
+    let (file, len) = open_input(path)?;
+    if len > limit {
         return Err(refuse(format!(
-            "{} bytes, more than the {limit} this input can sensibly hold",
-            meta.len()
+            "{len} bytes, more than the {limit} this input can sensibly hold"
         )));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let mut bytes = Vec::with_capacity(len as usize);
     // The size was checked; a file that grows while read is cut at the limit and refused.
-    Read::take(&mut file, limit.saturating_add(1)).read_to_end(&mut bytes).map_err(io_err)?;
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(io_err)?;
     if bytes.len() as u64 > limit {
         return Err(refuse(format!("grew past {limit} bytes while read")));
     }
     Ok(bytes)
+}
+
+/// An input file's bytes (through [`open_input`]), mapped rather than read: nothing is
+/// allocated and only the pages looked at are read, so a model's or a checkpoint's header is
+/// checked, and its size weighed against the memory it needs, before its body is touched.
+pub fn map_input(path: &Path) -> Result<prost::bytes::Bytes> {
+    let (file, len) = open_input(path)?;
+    map_file(&file, len, path)
+}
+
+/// The bytes of a file [`open_input`] opened, mapped.
+fn map_file(file: &std::fs::File, len: u64, path: &Path) -> Result<prost::bytes::Bytes> {
+    if len == 0 {
+        return Ok(prost::bytes::Bytes::new());
+    }
+    // SAFETY: the map is read-only, and its bytes must not change while it lives. gptc never
+    // writes a file in place (a new file is renamed over the old one, whose pages stay as they
+    // were), so only another program writing into this very file could change them, a risk
+    // tract and ONNX Runtime take on the same terms when they map model files.
+    let map = unsafe { memmap2::Mmap::map(file) }
+        .map_err(|error| Error::Io { path: path.to_path_buf(), error })?;
+    Ok(prost::bytes::Bytes::from_owner(map))
 }
 
 /// As [`read_input`], as UTF-8 text.
@@ -429,29 +472,110 @@ pub fn write_model_as(
     let path = &output_target(path)?;
     let data = path.with_file_name(data_name);
     let location = data.file_name().unwrap_or_default().to_string_lossy().into_owned();
-    let (stub, placed) = externalize(model, &location);
+    let (mut stub, placed) = externalize(model, &location);
     if stub.encoded_len() > PROTOBUF_LIMIT {
         return Err(Error::Config("the graph alone is over protobuf's 2 GiB limit".into()));
     }
     // Both files are complete before either replaces an old one, so an old pair stays whole
     // and loadable if anything fails; the data goes first, so a model never names data that is
     // not there.
+    let mut record = DataRecord { bytes: 0, xxh3: 0 };
     let staged_data = Staged::write(&data, |out| {
-        let out = &mut Observed { out, written };
+        // Digested as it is written: the model records what its data file holds, read once.
+        let out = &mut Digesting::new(Observed { out, written });
         let mut written = 0u64;
         for (tensor, offset) in &placed {
             std::io::copy(&mut std::io::repeat(0).take(offset - written), out)?;
             write_tensor_bytes(tensor, out)?;
             written = offset + tensor_byte_len(tensor) as u64;
         }
+        record = out.record();
         Ok(())
     })?;
+    record.put_in(&mut stub.metadata_props);
     let staged_model = Staged::write(path, |out| out.write_all(&stub.encode_to_vec()))?;
     // One step as a signal handler sees it: never a new data file beside the old model.
     let mut held = commit_lock();
     staged_data.commit_under(&mut held)?;
     staged_model.commit_under(&mut held)?;
     Ok(Some(data))
+}
+
+/// What a gptc model records of its external data file: the exact size and the XXH3-64 digest
+/// of all its bytes. A data file that is not the one written with the model (another export's,
+/// of the same size or not, put there by an interrupted swap or a careless copy) is refused
+/// by every reader, whatever put it there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataRecord {
+    pub bytes: u64,
+    pub xxh3: u64,
+}
+
+impl DataRecord {
+    /// The record in a model's metadata: `None` for a model without one (written by another
+    /// tool, or by gptc before it recorded its data), whose data is trusted as before.
+    fn of(props: &[StringStringEntryProto]) -> Option<Result<DataRecord>> {
+        let bytes = lookup(props, meta::EXTERNAL_DATA_BYTES);
+        let xxh3 = lookup(props, meta::EXTERNAL_DATA_XXH3);
+        if bytes.is_none() && xxh3.is_none() {
+            return None;
+        }
+        let bad = |key: &str, value: Option<&str>| {
+            Error::Config(format!(
+                "metadata `{key}` is `{}`, which gptc does not write",
+                value.unwrap_or("missing")
+            ))
+        };
+        let parsed_bytes = bytes.and_then(|b| b.parse::<u64>().ok());
+        let parsed_xxh3 =
+            xxh3.filter(|x| x.len() == 16).and_then(|x| u64::from_str_radix(x, 16).ok());
+        Some(match (parsed_bytes, parsed_xxh3) {
+            (Some(bytes), Some(xxh3)) => Ok(DataRecord { bytes, xxh3 }),
+            (None, _) => Err(bad(meta::EXTERNAL_DATA_BYTES, bytes)),
+            (_, None) => Err(bad(meta::EXTERNAL_DATA_XXH3, xxh3)),
+        })
+    }
+
+    /// Puts the record in a model's metadata, in place of any it held (a model read from
+    /// another pair and written anew).
+    fn put_in(self, props: &mut Vec<StringStringEntryProto>) {
+        let keys = [meta::EXTERNAL_DATA_BYTES, meta::EXTERNAL_DATA_XXH3];
+        props.retain(|p| !keys.contains(&p.key.as_str()));
+        let entry = |key: &str, value: String| StringStringEntryProto { key: key.into(), value };
+        props.push(entry(meta::EXTERNAL_DATA_BYTES, self.bytes.to_string()));
+        props.push(entry(meta::EXTERNAL_DATA_XXH3, format!("{:016x}", self.xxh3)));
+    }
+}
+
+/// A writer that digests what passes through it.
+struct Digesting<W> {
+    out: W,
+    hasher: Box<xxhash_rust::xxh3::Xxh3>,
+    bytes: u64,
+}
+
+impl<W: Write> Digesting<W> {
+    fn new(out: W) -> Self {
+        // On the heap: the hasher keeps a buffer of its own.
+        Digesting { out, hasher: Box::default(), bytes: 0 }
+    }
+
+    fn record(&self) -> DataRecord {
+        DataRecord { bytes: self.bytes, xxh3: self.hasher.digest() }
+    }
+}
+
+impl<W: Write> Write for Digesting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// A writer that reports what passes through it.
@@ -528,56 +652,180 @@ fn externalize<'m>(
     (stub, placed)
 }
 
+/// The external data files a model names, opened through [`open_input`] before anything
+/// (gptc, tract, ONNX Runtime) reads them, and held to the model's [`DataRecord`] when it has
+/// one. Every reader of a model file goes through here.
+pub struct ExternalData {
+    model: PathBuf,
+    record: Option<DataRecord>,
+    /// By location: the path beside the model, the open file, its size.
+    files: Vec<(String, PathBuf, std::fs::File, u64)>,
+}
+
+impl ExternalData {
+    /// Opens the data files of the model at `model_path` that `header` names. Refuses a
+    /// location outside the model's folder, a file that is not a regular file, and, when the
+    /// model records its data, a file of another size (the digest is [`ExternalData::verify`]'s).
+    pub fn open(model_path: &Path, header: &StoredHeader) -> Result<ExternalData> {
+        ExternalData::open_named(model_path, &header.data_files, header.data_record)
+    }
+
+    fn open_named(
+        model_path: &Path,
+        locations: &[String],
+        record: Option<DataRecord>,
+    ) -> Result<ExternalData> {
+        let dir = model_path.parent().unwrap_or(Path::new(""));
+        let mut data = ExternalData { model: model_path.to_path_buf(), record, files: Vec::new() };
+        for location in locations {
+            if data.files.iter().any(|(l, ..)| l == location) {
+                continue;
+            }
+            // As tract demands too: a model may not reach elsewhere on the machine.
+            let relative = Path::new(location);
+            if location.is_empty()
+                || relative.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(Error::NotOnnx {
+                    path: model_path.to_path_buf(),
+                    reason: format!("external data location `{location}` is not a file beside it"),
+                });
+            }
+            let path = dir.join(relative);
+            let (file, len) = open_input(&path)?;
+            data.files.push((location.clone(), path, file, len));
+        }
+        let Some(record) = record else { return Ok(data) };
+        match data.files.as_slice() {
+            [] => {}
+            [(_, path, _, len)] if *len != record.bytes => {
+                return Err(data.not_its_data(
+                    path,
+                    &format!("{len} bytes, and the model records {} bytes", record.bytes),
+                ));
+            }
+            [_] => {}
+            more => {
+                return Err(Error::NotOnnx {
+                    path: model_path.to_path_buf(),
+                    reason: format!("names {} external data files and records one", more.len()),
+                })
+            }
+        }
+        Ok(data)
+    }
+
+    fn not_its_data(&self, data: &Path, why: &str) -> Error {
+        let model = self.model.file_name().unwrap_or_default().to_string_lossy();
+        Error::Io {
+            path: data.to_path_buf(),
+            error: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("does not belong to {model} ({why}): export the two again together"),
+            ),
+        }
+    }
+
+    /// The bytes of all the data files.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|(.., len)| len).sum()
+    }
+
+    /// Reads a recorded data file through once, refusing it unless its digest is the one its
+    /// model records (a file of the same size from another export has another).
+    pub fn verify(&self) -> Result<()> {
+        let Some(record) = self.record else { return Ok(()) };
+        let Some((_, path, file, len)) = self.files.first() else { return Ok(()) };
+        // Hashed through a map, a window at a time: at memory speed without a copy (3.35 GB of
+        // gpt2-large's data in 0.34-0.54 s here, where reading them through a buffer took
+        // 0.6-1.2 s), holding one window at once, and leaving the pages cached for the runtime
+        // that loads them next.
+        const WINDOW: u64 = 64 << 20;
+        let mut hasher = Box::<xxhash_rust::xxh3::Xxh3>::default();
+        let mut offset = 0;
+        while offset < *len {
+            let window = WINDOW.min(len - offset);
+            // SAFETY: as in `map_file`: a read-only map of a file gptc never writes in place.
+            let map = unsafe {
+                memmap2::MmapOptions::new().offset(offset).len(window as usize).map(file)
+            }
+            .map_err(|error| Error::Io { path: path.clone(), error })?;
+            hasher.update(&map);
+            offset += window;
+        }
+        let digest = hasher.digest();
+        if *len != record.bytes || digest != record.xxh3 {
+            return Err(self.not_its_data(
+                path,
+                &format!(
+                    "its XXH3 digest is {digest:016x}, the model records {:016x}",
+                    record.xxh3
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `length` bytes (to the end of the file when `None`) from `offset` of the data file at
+    /// `location`, which must be in range.
+    fn read_range(&mut self, location: &str, offset: u64, length: Option<u64>) -> Result<Vec<u8>> {
+        use std::io::{Seek, SeekFrom};
+        let Some((_, path, file, file_len)) = self.files.iter_mut().find(|(l, ..)| l == location)
+        else {
+            return Err(Error::NotOnnx {
+                path: self.model.clone(),
+                reason: format!("external data `{location}` was not opened"),
+            });
+        };
+        let length = length.unwrap_or(file_len.saturating_sub(offset));
+        if offset.checked_add(length).is_none_or(|end| end > *file_len) {
+            return Err(Error::Io {
+                path: path.clone(),
+                error: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "external data {offset}..{} is past the end ({file_len} bytes)",
+                        offset.saturating_add(length)
+                    ),
+                ),
+            });
+        }
+        let io_err = |error| Error::Io { path: path.clone(), error };
+        let mut bytes = vec![0u8; length as usize];
+        file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+        file.read_exact(&mut bytes).map_err(io_err)?;
+        Ok(bytes)
+    }
+}
+
 /// Reads the values of every external tensor into the model (as `raw_data`), from files beside
-/// `model_path`. A location must name a file in the model's folder, as tract also demands.
+/// `model_path` opened and verified as [`ExternalData`] does.
 pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let dir = model_path.parent().unwrap_or(Path::new(""));
+    let record = DataRecord::of(&model.metadata_props).transpose()?;
     let Some(graph) = &mut model.graph else {
         return Ok(());
     };
-    for tensor in &mut graph.initializer {
-        if tensor.data_location != DataLocation::External as i32 {
-            continue;
-        }
+    let external = |t: &TensorProto| t.data_location == DataLocation::External as i32;
+    let mut locations = Vec::new();
+    for tensor in graph.initializer.iter().filter(|t| external(t)) {
+        let location = lookup(&tensor.external_data, "location").ok_or_else(|| Error::Weight {
+            name: tensor.name.clone(),
+            reason: "external data without a location".into(),
+        })?;
+        locations.push(location.to_string());
+    }
+    let mut data = ExternalData::open_named(model_path, &locations, record)?;
+    data.verify()?;
+    for tensor in graph.initializer.iter_mut().filter(|t| external(t)) {
         let bad = |reason: String| Error::Weight { name: tensor.name.clone(), reason };
-        let field = |key: &str| {
-            tensor.external_data.iter().find(|e| e.key == key).map(|e| e.value.as_str())
-        };
-        let location =
-            field("location").ok_or_else(|| bad("external data without a location".into()))?;
         let number = |key: &str| -> Result<Option<u64>> {
-            field(key)
+            lookup(&tensor.external_data, key)
                 .map(|v| v.parse::<u64>().map_err(|_| bad(format!("external data {key} `{v}`"))))
                 .transpose()
         };
         let (offset, length) = (number("offset")?.unwrap_or(0), number("length")?);
-        let relative = Path::new(location);
-        if relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            return Err(bad(format!(
-                "external data location `{location}` is not a file beside the model"
-            )));
-        }
-        let data = dir.join(relative);
-        let io_err = |source| Error::Io { path: data.clone(), error: source };
-        if !std::fs::metadata(&data).map_err(io_err)?.is_file() {
-            return Err(bad(format!("external data {} is not a regular file", data.display())));
-        }
-        let mut file = std::fs::File::open(&data).map_err(io_err)?;
-        let file_len = file.metadata().map_err(io_err)?.len();
-        let length = length.unwrap_or(file_len.saturating_sub(offset));
-        if offset.checked_add(length).is_none_or(|end| end > file_len) {
-            return Err(bad(format!(
-                "external data {}..{} is past the end of {} ({file_len} bytes)",
-                offset,
-                offset.saturating_add(length),
-                data.display()
-            )));
-        }
-        let mut bytes = vec![0u8; length as usize];
-        file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
-        file.read_exact(&mut bytes).map_err(io_err)?;
-        tensor.raw_data = bytes;
+        let location = lookup(&tensor.external_data, "location").unwrap_or_default().to_string();
+        tensor.raw_data = data.read_range(&location, offset, length)?;
         tensor.data_location = DataLocation::Default as i32;
         tensor.external_data.clear();
     }
@@ -585,8 +833,9 @@ pub fn load_external_data(model: &mut ModelProto, model_path: &Path) -> Result<(
 }
 
 /// The model at `path` as stored: external tensors are references, without their values.
+/// The file is mapped, and only its decoded copy allocated.
 pub fn read_model(path: &Path) -> Result<ModelProto> {
-    let bytes = read_input(path, u64::MAX)?;
+    let bytes = map_input(path)?;
     decode_model(path, &bytes)
 }
 
@@ -838,6 +1087,8 @@ pub struct StoredHeader {
     pub external_data: bool,
     /// The files that external data lives in, as the model names them (beside it).
     pub data_files: Vec<String>,
+    /// What the model records of its data file (gptc's exports), to refuse another's.
+    pub data_record: Option<DataRecord>,
     /// The dims of the tables whose sizes the config sets: the embeddings and the causal table.
     pub tables: Vec<(String, Vec<i64>)>,
 }
@@ -902,7 +1153,8 @@ pub fn stored_header(path: &Path, bytes: prost::bytes::Bytes) -> Result<StoredHe
         .collect();
     data_files.sort();
     data_files.dedup();
-    Ok(StoredHeader { config, external_data, data_files, tables })
+    let data_record = DataRecord::of(&header.metadata_props).transpose()?;
+    Ok(StoredHeader { config, external_data, data_files, data_record, tables })
 }
 
 #[cfg(test)]
@@ -973,6 +1225,13 @@ mod tests {
         assert_eq!(float_initializers(&loaded).unwrap(), float_initializers(&model).unwrap());
     }
 
+    /// The model at `path` rewritten without its record of its data, as other tools write it.
+    fn forget_record(path: &Path) {
+        let mut stub = read_model(path).unwrap();
+        stub.metadata_props.retain(|p| !p.key.starts_with("gptc.external_data"));
+        std::fs::write(path, encode(&stub)).unwrap();
+    }
+
     #[test]
     fn damaged_external_data_is_named() {
         let dir = tempfile::tempdir().unwrap();
@@ -982,10 +1241,86 @@ mod tests {
         let bytes = std::fs::read(&data).unwrap();
         std::fs::write(&data, &bytes[..bytes.len() - 4]).unwrap();
         let err = read_model_with_data(&path).unwrap_err().to_string();
+        let recorded = format!("{} bytes, and the model records {}", bytes.len() - 4, bytes.len());
+        assert!(err.contains("m.onnx.data: does not belong to m.onnx") && err.contains(&recorded));
+        // Without a record, the tensor's range is what is checked.
+        forget_record(&path);
+        let err = read_model_with_data(&path).unwrap_err().to_string();
         assert!(err.contains("past the end"), "{err}");
         std::fs::remove_file(&data).unwrap();
         let err = read_model_with_data(&path).unwrap_err().to_string();
         assert!(err.contains("m.onnx.data"), "{err}");
+    }
+
+    #[test]
+    fn a_model_records_its_data_file_and_refuses_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one.onnx"), dir.path().join("two.onnx"));
+        let options = GraphOptions::default();
+        let data_one = write_model(&one, &small_model(options), WeightLayout::External).unwrap();
+        let config = stored_config(&small_model(options)).unwrap().unwrap();
+        let other = build_model(&config, options, &mut RandomInit { seed: 4 }, Some(4)).unwrap();
+        let data_two = write_model(&two, &other, WeightLayout::External).unwrap();
+        let (data_one, data_two) = (data_one.unwrap(), data_two.unwrap());
+
+        let bytes = std::fs::read(&data_one).unwrap();
+        let header = stored_header(&one, map_input(&one).unwrap()).unwrap();
+        let record = header.data_record.unwrap();
+        assert_eq!(record.bytes, bytes.len() as u64);
+        assert_eq!(record.xxh3, xxhash_rust::xxh3::xxh3_64(&bytes), "digested as written");
+        let data = ExternalData::open(&one, &header).unwrap();
+        assert_eq!(data.bytes(), bytes.len() as u64);
+        data.verify().unwrap();
+
+        // Same config, same size, other values: only the digest tells them apart.
+        std::fs::copy(&data_two, &data_one).unwrap();
+        let data = ExternalData::open(&one, &header).unwrap();
+        let err = data.verify().unwrap_err().to_string();
+        assert!(err.contains("does not belong to one.onnx (its XXH3 digest is"), "{err}");
+        let err = read_model_with_data(&one).unwrap_err().to_string();
+        assert!(err.contains("does not belong to one.onnx"), "{err}");
+
+        // Writing a model read from another pair records its own data, not the old record.
+        let two_read = read_model_with_data(&two).unwrap();
+        write_model(&one, &two_read, WeightLayout::External).unwrap();
+        let reread = read_model(&one).unwrap();
+        let records = reread.metadata_props.iter().filter(|p| p.key.starts_with("gptc.external"));
+        assert_eq!(records.count(), 2);
+        read_model_with_data(&one).unwrap();
+    }
+
+    #[test]
+    fn external_data_must_be_a_regular_file_beside_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        let data =
+            write_model(&path, &small_model(GraphOptions::default()), WeightLayout::External)
+                .unwrap()
+                .unwrap();
+        std::fs::remove_file(&data).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&data).status().unwrap();
+        assert!(made.success());
+        let header = stored_header(&path, map_input(&path).unwrap()).unwrap();
+        let err = ExternalData::open(&path, &header).err().unwrap().to_string();
+        assert!(err.contains("m.onnx.data: not a regular file"), "{err}");
+        let err = read_model_with_data(&path).unwrap_err().to_string();
+        assert!(err.contains("m.onnx.data: not a regular file"), "{err}");
+
+        let outside = StoredHeader { data_files: vec!["../m.onnx.data".into()], ..header };
+        let err = ExternalData::open(&path, &outside).err().unwrap().to_string();
+        assert!(err.contains("is not a file beside it"), "{err}");
+    }
+
+    #[test]
+    fn a_mapped_input_is_the_file_and_passes_the_same_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        std::fs::write(&path, b"0123").unwrap();
+        assert_eq!(&map_input(&path).unwrap()[..], b"0123");
+        std::fs::write(&path, b"").unwrap();
+        assert!(map_input(&path).unwrap().is_empty());
+        let err = map_input(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub mod meta {
     /// `MatMulNBits`' `accuracy_level`: 0 computes in float32, 4 lets ONNX Runtime quantize
     /// activations to int8.
     pub const QUANTIZATION_ACCURACY_LEVEL: &str = "gptc.quantization.accuracy_level";
+    /// With external data: the exact size in bytes of the data file, and the XXH3-64 digest of
+    /// all its bytes (16 lowercase hex digits), so a data file from another export is refused.
+    pub const EXTERNAL_DATA_BYTES: &str = "gptc.external_data.bytes";
+    pub const EXTERNAL_DATA_XXH3: &str = "gptc.external_data.xxh3";
 }
 
 /// What a graph input is for, read from its name.

@@ -176,7 +176,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let config = match &args.model {
         Some(path) => {
             let path = &folder::model_path(path);
-            let model = file::read_model(path)?;
+            let model = inspect::read_model_file(path)?;
             out.push_str(&inspect::file_report(&model));
             match spec.for_model_file(file::stored_config(&model).transpose()?, path, false) {
                 Ok(config) => Some(config),
@@ -223,9 +223,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
 pub fn check(args: CheckArgs) -> Result<()> {
     let path = &folder::model_path(&args.model);
-    let bytes = prost::bytes::Bytes::from(file::read_input(path, u64::MAX)?);
-    let header = file::stored_header(path, bytes.clone())?;
-    let model = file::decode_model(path, &bytes)?;
+    let (header, model) = gptc::check::read_model_file(path)?;
     write_out(&inspect::file_report(&model))?;
     let stored = file::stored_config(&model).transpose()?;
     let config = args.config.spec().for_model_file(stored, path, true)?;

@@ -11,7 +11,7 @@ use super::tract::TractRuntime;
 use super::Runtime;
 use crate::model::{compile, ConfigSpec, Weights};
 use crate::progress::Progress;
-use crate::{memory, Error, Result};
+use crate::{memory, Result};
 
 /// Which engine runs the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,33 +74,70 @@ pub fn load(source: ModelSource, kind: RuntimeKind) -> Result<Loaded> {
 }
 
 fn load_file(path: &Path, spec: &ConfigSpec, kind: RuntimeKind) -> Result<Loaded> {
-    let file_error = |source| Error::File { path: path.to_path_buf(), error: source };
-    let model_size = std::fs::metadata(path).map(|m| m.len()).map_err(file_error)?;
-    memory::check_fits(memory::LOAD_FACTOR * model_size)?;
-    let bytes = prost::bytes::Bytes::from(file::read_input(path, u64::MAX)?);
-    let header = file::stored_header(path, bytes.clone())?;
-    let mut data_size = 0;
-    for name in &header.data_files {
-        let data = path.with_file_name(name);
-        let meta =
-            std::fs::metadata(&data).map_err(|error| Error::File { path: data.clone(), error })?;
-        if !meta.is_file() {
-            let not_file =
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
-            return Err(Error::File { path: data, error: not_file });
-        }
-        data_size += meta.len();
-    }
-    memory::check_fits(memory::LOAD_FACTOR * (model_size + data_size))?;
-    let config = spec.for_model_file(header.config.clone(), path, false)?;
-    header.check_tables(&config)?;
-    // The file was read once: a self-contained one loads from those bytes; one with external
-    // data loads by path, so the runtime finds its data beside it.
-    if header.external_data {
-        drop(bytes);
+    let model = ModelFile::open(path, Use::Load)?;
+    let config = spec.for_model_file(model.header.config.clone(), path, false)?;
+    model.header.check_tables(&config)?;
+    // A self-contained file loads from the bytes that were checked; one with external data
+    // loads by path, so the runtime finds its data (checked above) beside it.
+    if model.header.external_data {
+        drop(model);
         return loaded(from_path(path, kind)?, config);
     }
-    loaded(from_bytes(&bytes, kind)?, config)
+    loaded(from_bytes(&model.bytes, kind)?, config)
+}
+
+/// What a command does with a model file, which sets the memory it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// Decoded by gptc (`inspect`): the model file once more, while its tensors are copied out.
+    Decode,
+    /// Loaded on a runtime, the external data with it ([`memory::LOAD_FACTOR`]).
+    Load,
+    /// Both (`check`: gptc reads the graph, tract analyses it).
+    DecodeAndLoad,
+}
+
+impl Use {
+    fn bytes_needed(self, model: u64, data: u64) -> u64 {
+        // Decoding copies each tensor out of the mapped file; vectors growing as they are
+        // decoded may hold up to twice their bytes.
+        let decode = model.saturating_mul(2);
+        let load = model.saturating_add(data).saturating_mul(memory::LOAD_FACTOR);
+        match self {
+            Use::Decode => decode,
+            Use::Load => load,
+            Use::DecodeAndLoad => decode.saturating_add(load),
+        }
+    }
+}
+
+/// A model file ready to be read: opened through the input guard and mapped (nothing read or
+/// allocated yet), its header decoded in place (a file that is not an ONNX model is refused on
+/// its first bytes), its external data files opened through the same guard and held to the
+/// model's record of them, and what reading it takes weighed against the memory this machine
+/// has, before any of its body or its data is read.
+pub(crate) struct ModelFile {
+    pub path: PathBuf,
+    pub bytes: prost::bytes::Bytes,
+    pub header: file::StoredHeader,
+}
+
+impl ModelFile {
+    pub(crate) fn open(path: &Path, use_: Use) -> Result<ModelFile> {
+        let bytes = file::map_input(path)?;
+        let header = file::stored_header(path, bytes.clone())?;
+        let data = file::ExternalData::open(path, &header)?;
+        memory::check_fits(use_.bytes_needed(bytes.len() as u64, data.bytes()))?;
+        // Every reader refuses a data file that is not its model's. Reading it through costs
+        // little beside loading it (measured on gpt2-large: see the README's external data).
+        data.verify()?;
+        Ok(ModelFile { path: path.to_path_buf(), bytes, header })
+    }
+
+    /// The whole model as stored (external tensors as references).
+    pub(crate) fn decode(&self) -> Result<gptc_graph::onnx::ModelProto> {
+        Ok(file::decode_model(&self.path, &self.bytes)?)
+    }
 }
 
 fn loaded(
