@@ -201,7 +201,8 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
         )));
     }
     let longest = plan.prefill.iter().copied().max().unwrap_or(0).max(16 + plan.new_tokens);
-    let run = memory::run_bytes(config, plan.precision, 1, longest);
+    // One row, the last position's logits: what the bench's last-token export returns.
+    let run = memory::run_bytes(config, plan.precision, 1, longest, 1);
     memory::check_fits(memory::model_bytes(config, plan.precision).saturating_add(run))?;
 
     let start = Instant::now();

@@ -160,9 +160,9 @@ pub fn check_model(path: &Path, model: &ModelProto, config: &GptConfig) -> Resul
         &expected_outputs,
     )?;
 
-    let stored = crate::inspect::weight_values(model);
+    let stored = crate::inspect::weight_values(model)?;
     let wanted = crate::model::stored_parameters(config, options);
-    if stored != wanted {
+    if stored != wanted as u128 {
         return Err(Error::Model(format!(
             "weights: the file stores {stored} values, the config has {wanted} parameters"
         )));

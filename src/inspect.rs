@@ -6,8 +6,15 @@ use std::fmt::Write;
 use gptc_graph::onnx::{DataType, Dim, ModelProto, TensorProto, ValueInfoProto};
 use gptc_graph::{names, GptConfig, ParameterCount};
 
+use crate::{Error, Result};
+
 /// `1234567` -> `1,234,567`
 pub fn thousands(n: usize) -> String {
+    thousands_wide(n as u128)
+}
+
+/// [`thousands`] for counts that may pass `usize`: those a file's dims or a config multiply up.
+pub fn thousands_wide(n: u128) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -33,8 +40,16 @@ pub fn config_line(config: &GptConfig) -> String {
     )
 }
 
+/// The book's accounting as a table. Sums are taken in `u128`: each part of a valid config
+/// fits `usize`, but many layers of a wide one add up past it.
 pub fn parameter_table(config: &GptConfig) -> String {
     let c = ParameterCount::of(config);
+    let wide = |n: usize| n as u128;
+    let per_block =
+        wide(c.per_block_attention) + wide(c.per_block_feed_forward) + wide(c.per_block_norms);
+    let blocks = wide(c.n_blocks) * per_block;
+    let tied = wide(c.token_embedding) + wide(c.position_embedding) + blocks + wide(c.final_norm);
+    let total = tied + wide(c.output_head);
     let mut rows: Vec<(String, String)> = vec![
         ("token embedding (wte)".into(), thousands(c.token_embedding)),
         ("position embedding (wpe)".into(), thousands(c.position_embedding)),
@@ -42,13 +57,13 @@ pub fn parameter_table(config: &GptConfig) -> String {
         ("  attention".into(), thousands(c.per_block_attention)),
         ("  feed-forward".into(), thousands(c.per_block_feed_forward)),
         ("  layer norms".into(), thousands(c.per_block_norms)),
-        ("  block total".into(), thousands(c.per_block())),
-        (format!("all {} blocks", c.n_blocks), thousands(c.n_blocks * c.per_block())),
+        ("  block total".into(), thousands_wide(per_block)),
+        (format!("all {} blocks", c.n_blocks), thousands_wide(blocks)),
         ("final norm (ln_f)".into(), thousands(c.final_norm)),
         ("output head (lm_head)".into(), thousands(c.output_head)),
-        ("total".into(), thousands(c.total())),
-        ("total with weight tying".into(), thousands(c.total_tied())),
-        ("size in float32".into(), format!("{:.2} MB", c.megabytes_f32())),
+        ("total".into(), thousands_wide(total)),
+        ("total with weight tying".into(), thousands_wide(tied)),
+        ("size in float32".into(), format!("{:.2} MB", (total * 4) as f64 / (1024.0 * 1024.0))),
     ];
     rows.insert(0, ("part".into(), "parameters".into()));
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
@@ -105,52 +120,68 @@ fn weight_tensors(model: &ModelProto) -> Vec<(&TensorProto, Part)> {
         .collect()
 }
 
-/// How many weights a tensor holds (a 4-bit byte holds two).
-fn values_of(t: &TensorProto, part: Part) -> usize {
-    let elements = t.dims.iter().product::<i64>() as usize;
-    if part == Part::Int4 {
-        2 * elements
-    } else {
-        elements
-    }
+/// How many elements a tensor's dims hold, counted in `u128` (a file's dims are any `i64`s, and
+/// two of them multiply past `u64`); an error for a negative dim.
+fn elements_of(t: &TensorProto) -> Result<u128> {
+    let count = t.dims.iter().try_fold(1u128, |n, &d| n.checked_mul(u128::try_from(d).ok()?));
+    count.ok_or_else(|| {
+        let problem = match t.dims.iter().any(|&d| d < 0) {
+            true => "a negative dim",
+            false => "more values than u128 counts",
+        };
+        Error::Model(format!("tensor `{}` has dims {:?}: {problem}", t.name, t.dims))
+    })
 }
 
-/// How many weight values (parameters) a model stores, 4-bit ones included, scales not.
-pub fn weight_values(model: &ModelProto) -> usize {
-    weight_tensors(model)
-        .iter()
-        .filter(|(_, part)| *part != Part::Scales)
-        .map(|(t, part)| values_of(t, *part))
-        .sum()
+fn too_many(what: &str) -> Error {
+    Error::Model(format!("the model's tensors hold more {what} than u128 counts"))
+}
+
+/// How many weight values (parameters) a model stores, 4-bit ones included (a byte holds
+/// two), scales not.
+pub fn weight_values(model: &ModelProto) -> Result<u128> {
+    let mut total = 0u128;
+    for (t, part) in weight_tensors(model) {
+        let per_element = match part {
+            Part::Scales => continue,
+            Part::Int4 => 2,
+            Part::Float => 1,
+        };
+        let values = elements_of(t)?.checked_mul(per_element);
+        total = values.and_then(|v| total.checked_add(v)).ok_or_else(|| too_many("values"))?;
+    }
+    Ok(total)
 }
 
 /// Bytes of each part: float weights, 4-bit weights, their scales.
-fn part_bytes(model: &ModelProto) -> [(Part, u64); 3] {
-    let mut bytes = [(Part::Float, 0u64), (Part::Int4, 0), (Part::Scales, 0)];
+fn part_bytes(model: &ModelProto) -> Result<[(Part, u128); 3]> {
+    let mut bytes = [(Part::Float, 0u128), (Part::Int4, 0), (Part::Scales, 0)];
     for (t, part) in weight_tensors(model) {
-        let elements = t.dims.iter().product::<i64>() as u64;
         let size = match DataType::try_from(t.data_type) {
             Ok(DataType::Float16) => 2,
             Ok(DataType::Uint8) => 1,
             _ => 4,
         };
+        let tensor = elements_of(t)?.checked_mul(size);
         if let Some(entry) = bytes.iter_mut().find(|(p, _)| *p == part) {
-            entry.1 += elements * size;
+            entry.1 =
+                tensor.and_then(|b| entry.1.checked_add(b)).ok_or_else(|| too_many("bytes"))?;
         }
     }
-    bytes
+    Ok(bytes)
 }
 
 /// The model at `path` as `inspect` reads it: through the one reader of model files (the input
 /// guard, its header, its external data and the memory it needs checked before its body is
 /// read).
-pub fn read_model_file(path: &std::path::Path) -> crate::Result<ModelProto> {
+pub fn read_model_file(path: &std::path::Path) -> Result<ModelProto> {
     use crate::runtime::load::{ModelFile, Use};
     ModelFile::open(path, Use::Decode)?.decode()
 }
 
-/// Opset, inputs and outputs with their dims, node counts by op type, stored parameters.
-pub fn file_report(model: &ModelProto) -> String {
+/// Opset, inputs and outputs with their dims, node counts by op type, stored parameters; an
+/// error when a tensor's dims are no count of values (a negative dim, or past `u128`).
+pub fn file_report(model: &ModelProto) -> Result<String> {
     let mut out = String::new();
     for opset in &model.opset_import {
         let domain = if opset.domain.is_empty() { "ai.onnx" } else { &opset.domain };
@@ -158,7 +189,7 @@ pub fn file_report(model: &ModelProto) -> String {
     }
     let _ = writeln!(out, "producer {} {}", model.producer_name, model.producer_version);
     let Some(graph) = &model.graph else {
-        return out;
+        return Ok(out);
     };
     for input in &graph.input {
         let _ = writeln!(out, "input  {}", signature(input));
@@ -175,9 +206,9 @@ pub fn file_report(model: &ModelProto) -> String {
         let _ = writeln!(out, "  {op:<20} {count:>5}");
     }
     let weights = weight_tensors(model);
-    let values = weight_values(model);
-    let _ = writeln!(out, "weights {} values in {} tensors", thousands(values), weights.len());
-    let bytes = part_bytes(model);
+    let values = weight_values(model)?;
+    let _ = writeln!(out, "weights {} values in {} tensors", thousands_wide(values), weights.len());
+    let bytes = part_bytes(model)?;
     if bytes.iter().any(|&(part, b)| part != Part::Float && b > 0) {
         for (part, b) in bytes {
             let label = match part {
@@ -188,7 +219,7 @@ pub fn file_report(model: &ModelProto) -> String {
             let _ = writeln!(out, "  {label:<38} {:>10.2} MB", b as f64 / 1e6);
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -200,6 +231,65 @@ mod tests {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(163_009_536), "163,009,536");
+    }
+
+    fn small_model() -> ModelProto {
+        let config = GptConfig {
+            vocab_size: 50,
+            context_length: 8,
+            emb_dim: 8,
+            n_heads: 2,
+            n_layers: 1,
+            drop_rate: 0.0,
+            qkv_bias: false,
+        };
+        let mut init = gptc_graph::RandomInit { seed: 1 };
+        gptc_graph::build_model(&config, Default::default(), &mut init, Some(1)).unwrap()
+    }
+
+    fn set_dims(model: &mut ModelProto, name: &str, dims: Vec<i64>) {
+        let graph = model.graph.as_mut().unwrap();
+        graph.initializer.iter_mut().find(|t| t.name == name).unwrap().dims = dims;
+    }
+
+    #[test]
+    fn counts_of_huge_dims_are_exact_and_impossible_dims_are_refused() {
+        let mut model = small_model();
+        let before = weight_values(&model).unwrap();
+        // wte [50, 8] becomes [2^63 - 1, 2^63 - 1]: past u64, within u128.
+        set_dims(&mut model, names::TOKEN_EMBEDDING, vec![i64::MAX, i64::MAX]);
+        let huge = (i64::MAX as u128) * (i64::MAX as u128);
+        assert_eq!(weight_values(&model).unwrap(), before - 400 + huge);
+        let report = file_report(&model).unwrap();
+        let expected = format!("weights {} values", thousands_wide(before - 400 + huge));
+        assert!(report.contains(&expected), "{report}");
+
+        set_dims(&mut model, names::TOKEN_EMBEDDING, vec![i64::MAX, i64::MAX, i64::MAX]);
+        let err = file_report(&model).unwrap_err().to_string();
+        assert!(err.contains("wte.weight") && err.contains("u128"), "{err}");
+        set_dims(&mut model, names::TOKEN_EMBEDDING, vec![-50, -8]);
+        let err = file_report(&model).unwrap_err().to_string();
+        assert!(err.contains("wte.weight") && err.contains("negative"), "{err}");
+    }
+
+    #[test]
+    fn many_layers_of_a_wide_config_are_counted_past_usize() {
+        let config = GptConfig {
+            vocab_size: 50257,
+            context_length: 1024,
+            emb_dim: 1 << 28,
+            n_heads: 1,
+            n_layers: 1000,
+            drop_rate: 0.0,
+            qkv_bias: false,
+        };
+        let e = 1u128 << 28;
+        let blocks = 1000 * (12 * e * e + 10 * e);
+        let total = 50257 * e + 1024 * e + blocks + 2 * e + e * 50257;
+        let table = parameter_table(&config);
+        assert!(table.contains(&thousands_wide(blocks)), "{table}");
+        assert!(table.contains(&thousands_wide(total)), "{table}");
+        assert!(table.contains(&thousands_wide(total - e * 50257)), "{table}");
     }
 
     #[test]

@@ -4,14 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use gptc_graph::{GptConfig, Precision};
+use gptc_graph::GptConfig;
 
 use crate::generate::{generate, Next};
+use crate::memory::{self, GenerationShape};
 use crate::runtime::Runtime;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::stream::Utf8Stream;
 use crate::tokenizer::{Tokenizer, END_OF_TEXT, GPT2_VOCAB_SIZE};
-use crate::{memory, Error, Result};
+use crate::{Error, Result};
 
 /// How to generate.
 #[derive(Clone, Debug, PartialEq)]
@@ -137,6 +138,8 @@ pub struct Session<'r> {
     config: GptConfig,
     tokenizer: Tokenizer,
     settings: GenerationSettings,
+    /// What a run may plan for at most; the machine's available memory bounds it either way.
+    memory_limit: Option<u64>,
 }
 
 impl<'r> Session<'r> {
@@ -146,7 +149,13 @@ impl<'r> Session<'r> {
         settings: GenerationSettings,
     ) -> Result<Session<'r>> {
         settings.validate()?;
-        Ok(Session { runtime, config: config.clone(), tokenizer: Tokenizer::gpt2(), settings })
+        Ok(Session {
+            runtime,
+            config: config.clone(),
+            tokenizer: Tokenizer::gpt2(),
+            settings,
+            memory_limit: None,
+        })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -198,19 +207,39 @@ impl<'r> Session<'r> {
             .collect()
     }
 
-    /// Generates for every prompt (checked ids, as [`Session::encode`] gives) as one batch,
-    /// calling `on_event` as it goes.
+    /// Caps the memory a run may plan for at `bytes` (below what the machine has available, it
+    /// is what the batch is split to fit).
+    pub fn limit_memory(&mut self, bytes: u64) {
+        self.memory_limit = Some(bytes);
+    }
+
+    /// What a run of these settings on this runtime holds, for the memory estimate.
+    fn generation_shape(&self) -> GenerationShape {
+        GenerationShape {
+            kv_cache: self.runtime.has_cache(),
+            logits: self.runtime.logit_positions(),
+            max_new_tokens: self.settings.max_new_tokens,
+            keep_logits: self.settings.keep_logits,
+        }
+    }
+
+    /// Generates for every prompt (checked ids, as [`Session::encode`] gives), calling
+    /// `on_event` as it goes. The prompts run as left-padded batches: all of them at once when
+    /// they fit the memory available, else in consecutive chunks that each fit (a row's output
+    /// is the same either way); prompts that cannot fit even one at a time are refused before
+    /// anything runs.
     pub fn run(
         &mut self,
         prompts: &[Vec<i64>],
         mut on_event: impl FnMut(Event) -> Result<()>,
     ) -> Result<(Vec<Completion>, Stats)> {
         let context = self.config.context_length;
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let positions = longest.saturating_add(self.settings.max_new_tokens);
-        // Float32 activations and cache: the most any of gptc's models needs.
-        let run = memory::run_bytes(&self.config, Precision::F32, prompts.len(), positions);
-        memory::check_fits(run)?;
+        let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        let available = match (self.memory_limit, memory::available_bytes()) {
+            (Some(limit), Some(machine)) => Some(limit.min(machine)),
+            (limit, machine) => limit.or(machine),
+        };
+        let chunks = self.generation_shape().chunks(&self.config, &lengths, available)?;
         for (row, prompt) in prompts.iter().enumerate() {
             if prompt.len() > context {
                 on_event(Event::Cropped { row, tokens: prompt.len(), context })?;
@@ -218,7 +247,6 @@ impl<'r> Session<'r> {
         }
         let decode_text = self.decodes_text();
         let Session { runtime, tokenizer, settings, .. } = self;
-        let mut sampler = Sampler::new(settings.sampling.clone())?;
         let mut rows: Vec<Completion> = prompts
             .iter()
             .map(|prompt| {
@@ -237,47 +265,67 @@ impl<'r> Session<'r> {
             })
             .collect::<Result<_>>()?;
         let mut streams: Vec<Utf8Stream> = prompts.iter().map(|_| Utf8Stream::default()).collect();
-        let start = Instant::now();
-        let mut first_token_at = None;
-        let mut new_tokens = 0usize;
         let mut rows_done = vec![0usize; prompts.len()];
-        let outputs = generate(
-            *runtime,
-            prompts,
-            settings.max_new_tokens,
-            context,
-            |row, logits| {
-                first_token_at.get_or_insert_with(|| start.elapsed());
-                if logits.iter().any(|x| !x.is_finite()) {
-                    return Err(Error::Model(format!(
+        let mut new_tokens = 0usize;
+        let mut time_to_first_token = None;
+        let (mut decode_time, mut later_tokens) = (Duration::ZERO, 0usize);
+        for chunk in chunks {
+            let mut samplers = chunk
+                .clone()
+                .map(|row| {
+                    let seed = row_seed(settings.sampling.seed, row);
+                    Sampler::new(SamplingConfig { seed, ..settings.sampling.clone() })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let start = Instant::now();
+            let mut first_token_at = None;
+            let tokens_before = new_tokens;
+            let outputs = generate(
+                *runtime,
+                &prompts[chunk.clone()],
+                settings.max_new_tokens,
+                context,
+                |in_chunk, logits| {
+                    let row = chunk.start + in_chunk;
+                    first_token_at.get_or_insert_with(|| start.elapsed());
+                    if logits.iter().any(|x| !x.is_finite()) {
+                        return Err(Error::Model(format!(
                     "the model's logits for prompt {} at new token {} are not finite (NaN or infinity)",
                     row + 1,
                     rows_done[row] + 1
                 )));
-                }
-                rows_done[row] += 1;
-                if settings.keep_logits {
-                    rows[row].step_logits.push(logits.to_vec());
-                }
-                let id = sampler.pick(logits);
-                if settings.stop_at_eos && id == END_OF_TEXT {
-                    return Ok(Next::Stop);
-                }
-                new_tokens += 1;
-                let piece = match decode_text {
-                    true => streams[row].push(&tokenizer.decode_bytes(&[id])?),
-                    false => String::new(),
-                };
-                let text = &mut rows[row].new_text;
-                text.push_str(&piece);
-                let stopped = settings.stop_strings.iter().any(|s| text.contains(s.as_str()));
-                on_event(Event::Token { row, id, text: &piece })?;
-                Ok(if stopped { Next::Last(id) } else { Next::Token(id) })
-            },
-        )?;
-        let elapsed = start.elapsed();
-        for ((row, output_ids), stream) in rows.iter_mut().zip(outputs).zip(&mut streams) {
-            row.output_ids = output_ids;
+                    }
+                    rows_done[row] += 1;
+                    if settings.keep_logits {
+                        rows[row].step_logits.push(logits.to_vec());
+                    }
+                    let id = samplers[in_chunk].pick(logits);
+                    if settings.stop_at_eos && id == END_OF_TEXT {
+                        return Ok(Next::Stop);
+                    }
+                    new_tokens += 1;
+                    let piece = match decode_text {
+                        true => streams[row].push(&tokenizer.decode_bytes(&[id])?),
+                        false => String::new(),
+                    };
+                    let text = &mut rows[row].new_text;
+                    text.push_str(&piece);
+                    let stopped = settings.stop_strings.iter().any(|s| text.contains(s.as_str()));
+                    on_event(Event::Token { row, id, text: &piece })?;
+                    Ok(if stopped { Next::Last(id) } else { Next::Token(id) })
+                },
+            )?;
+            let elapsed = start.elapsed();
+            let first = first_token_at.unwrap_or(elapsed);
+            time_to_first_token.get_or_insert(first);
+            // Each chunk's prefill is its time to first token, not decoding.
+            decode_time += elapsed.saturating_sub(first);
+            later_tokens += (new_tokens - tokens_before).saturating_sub(chunk.len());
+            for (row, output_ids) in rows[chunk].iter_mut().zip(outputs) {
+                row.output_ids = output_ids;
+            }
+        }
+        for (row, stream) in rows.iter_mut().zip(&mut streams) {
             row.unstreamed = stream.finish();
             row.new_text.push_str(&row.unstreamed);
             let stops = settings.stop_strings.iter();
@@ -285,17 +333,22 @@ impl<'r> Session<'r> {
                 row.new_text.truncate(cut);
             }
         }
-        let time_to_first_token = first_token_at.unwrap_or_default();
-        let decode_s = elapsed.saturating_sub(time_to_first_token).as_secs_f64();
-        let later_tokens = new_tokens.saturating_sub(prompts.len());
+        let decode_s = decode_time.as_secs_f64();
         let stats = Stats {
             prompt_tokens: prompts.iter().map(Vec::len).sum(),
             new_tokens,
-            time_to_first_token,
+            time_to_first_token: time_to_first_token.unwrap_or_default(),
             decode_tokens_per_s: if decode_s > 0.0 { later_tokens as f64 / decode_s } else { 0.0 },
         };
         Ok((rows, stats))
     }
+}
+
+/// Row `row`'s sampling seed: row 0 samples from `seed` itself, as a single prompt always did;
+/// every other row from a stream of its own, so that a row's text depends on neither the rows
+/// beside it nor how the batch was split to fit memory.
+fn row_seed(seed: u64, row: usize) -> u64 {
+    seed ^ (row as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 #[cfg(test)]
@@ -303,7 +356,7 @@ mod tests {
     use ndarray::Array3;
 
     use super::*;
-    use crate::runtime::Step;
+    use crate::runtime::{LogitPositions, Step};
 
     /// A cached model whose greedy choice for row `r` at step `s` is `script[r][s]`.
     struct Scripted {
@@ -326,6 +379,137 @@ mod tests {
             Ok(Array3::from_shape_fn((batch, 1, GPT2_VOCAB_SIZE), |(row, _, id)| {
                 f32::from(self.script[row].get(at) == Some(&(id as i64)))
             }))
+        }
+    }
+
+    /// A cached model that continues each row with its last token plus one, whichever rows
+    /// share its batch; it records the rows and width of every prefill.
+    struct Counting {
+        logits: LogitPositions,
+        prefills: Vec<(usize, usize)>,
+    }
+
+    impl Runtime for Counting {
+        fn name(&self) -> String {
+            "counting".into()
+        }
+        fn has_cache(&self) -> bool {
+            true
+        }
+        fn reset(&mut self) {}
+        fn logit_positions(&self) -> LogitPositions {
+            self.logits
+        }
+        fn run(&mut self, step: &Step) -> Result<Array3<f32>> {
+            let (batch, width) = step.input_ids.dim();
+            if step.attention_mask.is_some_and(|mask| mask.ncols() == width) {
+                self.prefills.push((batch, width));
+            }
+            let positions = match self.logits {
+                LogitPositions::Last => 1,
+                LogitPositions::Every => width,
+            };
+            let next = |row| (step.input_ids[[row, width - 1]] + 1) % GPT2_VOCAB_SIZE as i64;
+            Ok(Array3::from_shape_fn((batch, positions, GPT2_VOCAB_SIZE), |(row, _, id)| {
+                f32::from(id as i64 == next(row))
+            }))
+        }
+    }
+
+    /// The new ids of each prompt, and the rows and width of each prefill that made them.
+    type Counted = (Result<Vec<Vec<i64>>>, Vec<(usize, usize)>);
+
+    /// Runs `prompts` on a [`Counting`] runtime, under `limit` bytes when given.
+    fn counted(prompts: &[Vec<i64>], logits: LogitPositions, limit: Option<u64>) -> Counted {
+        let mut runtime = Counting { logits, prefills: Vec::new() };
+        let mut session = Session::new(&mut runtime, &config(), settings(5)).unwrap();
+        if let Some(limit) = limit {
+            session.limit_memory(limit);
+        }
+        let result = session.run(prompts, |_| Ok(())).map(|(completions, _)| {
+            completions.into_iter().map(|c| c.output_ids).collect::<Vec<_>>()
+        });
+        (result, runtime.prefills)
+    }
+
+    fn shape(logits: LogitPositions) -> GenerationShape {
+        GenerationShape { kv_cache: true, logits, max_new_tokens: 5, keep_logits: false }
+    }
+
+    #[test]
+    fn a_batch_larger_than_memory_runs_in_chunks_with_each_output_as_alone() {
+        let prompts: Vec<Vec<i64>> =
+            (0..10).map(|i| (0..1 + i % 4).map(|t| 100 * i + t).collect()).collect();
+        let every = LogitPositions::Every;
+        let three = shape(every).chunk_bytes(&config(), 3, 4);
+        let (chunked, prefills) = counted(&prompts, every, Some(three));
+        let chunked = chunked.unwrap();
+        assert!(prefills.len() > 1, "{prefills:?}");
+        for &(rows, width) in &prefills {
+            assert!(shape(every).chunk_bytes(&config(), rows, width) <= three, "{prefills:?}");
+        }
+        assert_eq!(prefills.iter().map(|p| p.0).sum::<usize>(), prompts.len());
+        for (prompt, output) in prompts.iter().zip(&chunked) {
+            let (alone, _) = counted(std::slice::from_ref(prompt), every, None);
+            assert_eq!(&alone.unwrap()[0], output, "{prompt:?}");
+            let last = *prompt.last().unwrap();
+            assert_eq!(output, &(last + 1..last + 6).collect::<Vec<_>>());
+        }
+        // The same memory takes more rows at once from a model that returns the last
+        // position's logits only.
+        let (_, fewer) = counted(&prompts, LogitPositions::Last, Some(three));
+        assert!(fewer.len() < prefills.len(), "{fewer:?} against {prefills:?}");
+    }
+
+    #[test]
+    fn a_batch_that_cannot_fit_is_refused_before_anything_runs() {
+        let prompts = vec![vec![1, 2, 3], vec![4; 20]];
+        let one = shape(LogitPositions::Every).chunk_bytes(&config(), 1, 20);
+        let (result, prefills) = counted(&prompts, LogitPositions::Every, Some(one - 1));
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
+        assert!(prefills.is_empty(), "ran {prefills:?}");
+        let (result, _) = counted(&prompts, LogitPositions::Every, Some(one));
+        assert!(result.is_ok());
+    }
+
+    #[test]
+    fn a_rows_sampled_text_does_not_depend_on_the_chunks() {
+        let sampling = GenerationSettings {
+            sampling: SamplingConfig { temperature: 1.0, seed: 7, ..SamplingConfig::default() },
+            ..settings(4)
+        };
+        let sample = |limit: Option<u64>| {
+            let mut runtime = Uniform;
+            let mut session = Session::new(&mut runtime, &config(), sampling.clone()).unwrap();
+            if let Some(limit) = limit {
+                session.limit_memory(limit);
+            }
+            let prompts = vec![vec![1]; 6];
+            let (rows, _) = session.run(&prompts, |_| Ok(())).unwrap();
+            rows.into_iter().map(|c| c.output_ids).collect::<Vec<_>>()
+        };
+        let whole = sample(None);
+        let one_by_one = sample(Some(shape(LogitPositions::Every).chunk_bytes(&config(), 1, 1)));
+        assert_eq!(whole, one_by_one);
+        // Rows sample from streams of their own: the same prompt twice gives two texts.
+        assert_ne!(whole[0], whole[1]);
+    }
+
+    /// A cached model whose logits are all equal: sampling draws uniformly.
+    struct Uniform;
+
+    impl Runtime for Uniform {
+        fn name(&self) -> String {
+            "uniform".into()
+        }
+        fn has_cache(&self) -> bool {
+            true
+        }
+        fn reset(&mut self) {}
+        fn run(&mut self, step: &Step) -> Result<Array3<f32>> {
+            let (batch, width) = step.input_ids.dim();
+            Ok(Array3::zeros((batch, width, GPT2_VOCAB_SIZE)))
         }
     }
 

@@ -104,15 +104,22 @@ fn byte_printables() -> [char; 256] {
 }
 
 /// `"15496, 11,314"` -> ids (checked against a model's vocabulary when a session encodes them).
+/// Every item between commas must be an id: an empty one (`1,,2`, a trailing comma) is a typo
+/// that dropped an id, so it is refused rather than skipped.
 pub fn parse_ids(text: &str) -> Result<Vec<i64>> {
+    let bad = |problem: String| Error::Setting { setting: "ids", problem };
+    if text.trim().is_empty() {
+        return Err(bad("is empty: give token ids separated by commas".into()));
+    }
     text.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            t.parse::<i64>().ok().filter(|&id| id >= 0).ok_or_else(|| Error::Setting {
-                setting: "ids",
-                problem: format!("`{t}` is not a token id"),
-            })
+        .enumerate()
+        .map(|(i, item)| match item.trim() {
+            "" => Err(bad(format!("item {} is empty: ids are separated by single commas", i + 1))),
+            id => id
+                .parse::<u64>()
+                .ok()
+                .and_then(|id| i64::try_from(id).ok())
+                .ok_or_else(|| bad(format!("`{id}` is not a token id"))),
         })
         .collect()
 }
@@ -133,7 +140,9 @@ mod tests {
         assert_eq!(parse_ids("15496, 11,314").unwrap(), [15496, 11, 314]);
         assert!(parse_ids("1,x").unwrap_err().to_string().contains("`x`"));
         assert!(parse_ids("-1").is_err());
-        assert_eq!(parse_ids("").unwrap(), Vec::<i64>::new());
+        for dropped in ["1,,2", "1,2,", ",1", " , ", "", "  "] {
+            assert!(parse_ids(dropped).is_err(), "{dropped:?}");
+        }
     }
 
     #[test]

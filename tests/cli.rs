@@ -37,6 +37,21 @@ fn inspect_prints_the_books_accounting() {
 }
 
 #[test]
+fn inspect_counts_past_usize_exactly() {
+    // 1,000 layers of width 2^28: 12 e^2 + 10 e parameters each, 9.2e20 in all, past u64.
+    let out = gptc(&["inspect", "--emb-dim", "268435456", "--n-heads", "1", "--n-layers", "1000"]);
+    assert_success(&out);
+    let text = stdout(&out);
+    let e = 1u128 << 28;
+    let blocks = 1000 * (12 * e * e + 10 * e);
+    let total = 2 * 50257 * e + 1024 * e + blocks + 2 * e;
+    for count in [blocks, total, total - 50257 * e] {
+        let digits = gptc::inspect::thousands_wide(count);
+        assert!(text.contains(&digits), "no {digits} in\n{text}");
+    }
+}
+
+#[test]
 fn inspect_reports_a_file() {
     let dir = tempfile::tempdir().unwrap();
     export_tiny(dir.path(), "m.onnx", "1");

@@ -214,6 +214,9 @@ fn bad_generation_input_gets_one_clear_line() {
         "token 99999, outside the model's vocabulary",
     );
     assert_one_line_error(&run(&["generate", "--ids", "1,two"]), "`two` is not a token id");
+    // An empty item is a dropped id, not nothing.
+    assert_one_line_error(&run(&["generate", "--ids", "1,,2"]), "--ids item 2 is empty");
+    assert_one_line_error(&run(&["generate", "--ids", "1,2,"]), "--ids item 3 is empty");
     assert_one_line_error(&run(&["generate", "hi", "--temperature", "-1"]), "--temperature");
     assert_one_line_error(&run(&["generate", "hi", "--temperature", "NaN"]), "--temperature");
     assert_one_line_error(&run(&["generate", "hi", "--top-p", "1.5"]), "--top-p");

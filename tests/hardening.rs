@@ -95,10 +95,11 @@ fn memory_is_estimated_before_it_is_allocated() {
     let mut generate = vec!["generate", "hi", "--context-length", "2000000"];
     generate.extend(huge_context);
     one_line_error(&gptc_in(d, &generate), "GB of memory");
-    // A batch: each row's logits alone are 200 kB.
+    // A batch runs in chunks that fit, but logits kept for every row stay to the end: 200,000
+    // rows of 10 steps of 200 kB.
     std::fs::write(d.join("prompts.txt"), "hi\n".repeat(200_000)).unwrap();
-    let batch = gptc_in(d, &with_tiny(&["generate", "--prompt-file", "prompts.txt"]));
-    one_line_error(&batch, "GB of memory");
+    let kept = ["generate", "--prompt-file", "prompts.txt", "--json", "--with-logits"];
+    one_line_error(&gptc_in(d, &with_tiny(&kept)), "GB of memory");
     std::fs::remove_file(d.join("prompts.txt")).unwrap();
     let mut bench = vec!["bench", "--n-layers", "1000000", "--prefill", "4"];
     bench.extend(["--emb-dim", "64", "--n-heads", "4"]);

@@ -177,7 +177,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         Some(path) => {
             let path = &folder::model_path(path);
             let model = inspect::read_model_file(path)?;
-            out.push_str(&inspect::file_report(&model));
+            out.push_str(&inspect::file_report(&model)?);
             match spec.for_model_file(file::stored_config(&model).transpose()?, path, false) {
                 Ok(config) => Some(config),
                 Err(gptc::Error::NoConfig(_)) => {
@@ -224,7 +224,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 pub fn check(args: CheckArgs) -> Result<()> {
     let path = &folder::model_path(&args.model);
     let (header, model) = gptc::check::read_model_file(path)?;
-    write_out(&inspect::file_report(&model))?;
+    write_out(&inspect::file_report(&model)?)?;
     let stored = file::stored_config(&model).transpose()?;
     let config = args.config.spec().for_model_file(stored, path, true)?;
     header.check_tables(&config)?;

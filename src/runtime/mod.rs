@@ -15,6 +15,7 @@ pub use load::{load, Loaded, ModelSource, RuntimeKind};
 use gptc_graph::names::{InputRole, KvPart};
 use ndarray::{Array2, Array3};
 
+pub use crate::memory::LogitPositions;
 use crate::{Error, Result};
 
 /// One run's inputs. `attention_mask` (over past and new slots) and `position_ids` are read
@@ -51,6 +52,12 @@ pub trait Runtime {
     /// Logits `[batch, new positions (or 1), vocab]`; with a cache, this run's keys and values
     /// join the cache.
     fn run(&mut self, step: &Step) -> Result<Array3<f32>>;
+
+    /// Which positions a run's logits cover, as the model declares them; every position when
+    /// it cannot tell, so that memory estimates err on the safe side.
+    fn logit_positions(&self) -> LogitPositions {
+        LogitPositions::Every
+    }
 }
 
 /// What one backend run returns: the logits, and each layer's `present` keys and values (empty
@@ -80,6 +87,11 @@ pub trait Backend {
 
     /// One run, `inputs` in the model's input order; `layers` present pairs are expected back.
     fn run(&mut self, inputs: &[&Self::Value], layers: usize) -> Result<Outputs<Self::Value>>;
+
+    /// Which positions the model's logits cover (see [`Runtime::logit_positions`]).
+    fn logit_positions(&self) -> LogitPositions {
+        LogitPositions::Every
+    }
 }
 
 /// A model's inputs, as a type: the plain graph takes ids alone; the cache graph takes ids,
@@ -127,6 +139,10 @@ impl<B: Backend> Runtime for Engine<B> {
 
     fn logits_width(&self) -> Option<usize> {
         self.backend.logits_width()
+    }
+
+    fn logit_positions(&self) -> LogitPositions {
+        self.backend.logit_positions()
     }
 
     fn reset(&mut self) {

@@ -14,7 +14,7 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
 
-use super::{cache_geometry, Backend, Engine, InputLayout, Outputs};
+use super::{cache_geometry, Backend, Engine, InputLayout, LogitPositions, Outputs};
 use crate::{Error, Result};
 
 /// Where ONNX Runtime runs.
@@ -99,6 +99,7 @@ pub struct OrtBackend {
     past: Option<(TensorElementType, usize, usize)>,
     /// Why `Device::Auto` ran on the CPU, when it did.
     fallback: Option<String>,
+    logit_positions: LogitPositions,
 }
 
 impl OrtRuntime {
@@ -162,9 +163,13 @@ impl OrtRuntime {
             session.inputs().iter().map(|i| i.name().to_string()).collect();
         let names: Vec<&str> = input_names.iter().map(String::as_str).collect();
         let layout = InputLayout::of(&names)?;
-        if !session.outputs().iter().any(|o| o.name() == names::LOGITS) {
+        let Some(logits) = session.outputs().iter().find(|o| o.name() == names::LOGITS) else {
             return Err(Error::Model(format!("the model has no `{}` output", names::LOGITS)));
-        }
+        };
+        let logit_positions = match logits.dtype() {
+            ValueType::Tensor { shape, .. } if shape.get(1) == Some(&1) => LogitPositions::Last,
+            _ => LogitPositions::Every,
+        };
         let past = match &layout {
             InputLayout::Plain => None,
             InputLayout::Cached { .. } => {
@@ -181,7 +186,15 @@ impl OrtRuntime {
             }
         };
         let io_binding = device == "cuda";
-        let backend = OrtBackend { session, device, io_binding, input_names, past, fallback };
+        let backend = OrtBackend {
+            session,
+            device,
+            io_binding,
+            input_names,
+            past,
+            fallback,
+            logit_positions,
+        };
         Ok(Engine::new(backend, layout))
     }
 
@@ -215,6 +228,10 @@ impl Backend for OrtBackend {
             ValueType::Tensor { shape, .. } => usize::try_from(*shape.last()?).ok(),
             _ => None,
         }
+    }
+
+    fn logit_positions(&self) -> LogitPositions {
+        self.logit_positions
     }
 
     fn ids(&self, ids: &Array2<i64>) -> Result<DynValue> {

@@ -1,16 +1,21 @@
 //! tract (pure Rust, CPU): one optimized plan, symbols bound from input shapes on every run.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ndarray::{Array2, Ix3};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::ensure;
+use tract_onnx::tract_core::internal::TractErrorContext;
+use tract_onnx::tract_hir::internal::{
+    expand, Expansion, InferenceOp, InferenceResult, Solver, StaticName, TensorProxy,
+};
 
 use gptc_graph::names::{self, InputRole, KvPart};
 
 use super::attention::use_attention_kernel;
 use super::int4::{onnx, stack_siblings};
-use super::{cache_geometry, Backend, Engine, InputLayout, Outputs};
+use super::{cache_geometry, Backend, Engine, InputLayout, LogitPositions, Outputs};
 use crate::check::{canonical_dim, InferredTensor};
 use crate::{Error, Result};
 
@@ -24,6 +29,7 @@ pub type TractRuntime = Engine<TractBackend>;
 pub struct TractBackend {
     plan: Plan,
     logits_output: usize,
+    logit_positions: LogitPositions,
     /// Output indices of `present.{i}.key` and `.value`, per layer.
     present_outputs: Vec<[usize; 2]>,
     /// The empty past's element type (f32, or f16 for a `--dtype f16` export), heads, head_dim.
@@ -43,6 +49,131 @@ fn guarded<T>(context: &str, call: impl FnOnce() -> TractResult<T>) -> Result<T>
             "tract: {context}: the model is malformed ({})",
             crate::panic_message(&*panic)
         ))),
+    }
+}
+
+/// Registers tract's own parsers of the ops whose inputs tract-onnx 0.23.9 takes on trust, each
+/// behind a check made before tract's rules run (fuzzing found both): a `LayerNormalization`
+/// axis outside its input's rank becomes a loop bound (`axis + rank` cast to `usize`) and the
+/// analysis spins for ever; a `Range` step of 0 or less is cast to `usize` as a divisor and the
+/// symbolic length it divides recurses until the stack overflows.
+pub(super) fn check_what_tract_trusts(onnx: &mut tract_onnx::Onnx) {
+    let ops: [(&str, &OnceLock<OpBuilder>, OpBuilder); 2] = [
+        ("LayerNormalization", &TRACTS_LAYER_NORM, checked_layer_norm),
+        ("Range", &TRACTS_RANGE, checked_range),
+    ];
+    for (op, tracts, checked) in ops {
+        if let Some(&parse) = onnx.op_register.0.get(op) {
+            let _ = tracts.set(parse);
+        }
+        onnx.op_register.insert(op, checked);
+    }
+}
+
+type OpBuilder = fn(
+    &tract_onnx::model::ParsingContext,
+    &tract_onnx::pb::NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+
+static TRACTS_LAYER_NORM: OnceLock<OpBuilder> = OnceLock::new();
+static TRACTS_RANGE: OnceLock<OpBuilder> = OnceLock::new();
+
+fn checked_layer_norm(
+    ctx: &tract_onnx::model::ParsingContext,
+    node: &tract_onnx::pb::NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let axis: i64 = node.get_attr_opt("axis")?.unwrap_or(-1);
+    checked(&TRACTS_LAYER_NORM, Check::AxisWithinRank(axis), ctx, node)
+}
+
+fn checked_range(
+    ctx: &tract_onnx::model::ParsingContext,
+    node: &tract_onnx::pb::NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    checked(&TRACTS_RANGE, Check::PositiveStep, ctx, node)
+}
+
+fn checked(
+    tracts: &OnceLock<OpBuilder>,
+    check: Check,
+    ctx: &tract_onnx::model::ParsingContext,
+    node: &tract_onnx::pb::NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let parse = tracts.get().with_context(|| format!("tract's {} parser", node.op_type))?;
+    let (op, closures) = parse(ctx, node)?;
+    let expansion = op.as_op().downcast_ref::<Box<dyn Expansion>>();
+    let tracts = expansion.with_context(|| format!("tract's {} is an expansion", node.op_type))?;
+    let node = format!("{} {}", node.op_type, node.name);
+    Ok((expand(Checked { node, check, tracts: tracts.clone() }), closures))
+}
+
+/// What is checked of a node before tract's rules see it.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// The `axis` attribute lies in `[-rank, rank)` of the first input.
+    AxisWithinRank(i64),
+    /// The third input (a `Range`'s step) is above 0.
+    PositiveStep,
+}
+
+/// One of tract's ops, with a [`Check`] applied first.
+#[derive(Debug, Clone)]
+struct Checked {
+    node: String,
+    check: Check,
+    tracts: Box<dyn Expansion>,
+}
+
+impl Expansion for Checked {
+    fn name(&self) -> StaticName {
+        self.tracts.name()
+    }
+
+    fn nboutputs(&self) -> TractResult<usize> {
+        self.tracts.nboutputs()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        let node = &self.node;
+        // Registered before tract's rules, so the solver applies it first.
+        match self.check {
+            Check::AxisWithinRank(axis) => {
+                let input = inputs.first().with_context(|| format!("{node} takes an input"))?;
+                s.given(&input.rank, move |_, rank| {
+                    ensure!(
+                        (-rank..rank).contains(&axis),
+                        "{node}: axis {axis} is outside its input's rank {rank}"
+                    );
+                    Ok(())
+                })?;
+            }
+            Check::PositiveStep => {
+                let step = inputs.get(2).with_context(|| format!("{node} takes a step"))?;
+                s.given(&step.value, move |_, value| {
+                    let value = value.cast_to_scalar::<f64>()?;
+                    ensure!(
+                        value > 0.0,
+                        "{node}: a step of {value} (tract takes only steps above 0)"
+                    );
+                    Ok(())
+                })?;
+            }
+        }
+        self.tracts.rules(s, inputs, outputs)
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        self.tracts.wire(prefix, model, inputs)
     }
 }
 
@@ -96,6 +227,11 @@ impl TractRuntime {
                 .ok_or_else(|| Error::Model(format!("the model has no `{name}` output")))
         };
         let logits_output = output(names::LOGITS)?;
+        let logits_fact = model.output_fact(logits_output).map_err(tract_error("outputs"))?;
+        let logit_positions = match logits_fact.shape.get(1).map(|d| d.to_i64()) {
+            Some(Ok(1)) => LogitPositions::Last,
+            _ => LogitPositions::Every,
+        };
         let (present_outputs, past) = match &layout {
             InputLayout::Plain => (Vec::new(), None),
             InputLayout::Cached { roles, layers } => {
@@ -114,7 +250,7 @@ impl TractRuntime {
             }
         };
         let plan = model.into_runnable().map_err(tract_error("planning the model"))?;
-        let backend = TractBackend { plan, logits_output, present_outputs, past };
+        let backend = TractBackend { plan, logits_output, logit_positions, present_outputs, past };
         Ok(Engine::new(backend, layout))
     }
 }
@@ -138,6 +274,10 @@ impl Backend for TractBackend {
         usize::try_from(fact.shape.last()?.to_i64().ok()?).ok()
     }
 
+    fn logit_positions(&self) -> LogitPositions {
+        self.logit_positions
+    }
+
     fn ids(&self, ids: &Array2<i64>) -> Result<TValue> {
         Ok(Tensor::from(ids.clone()).into())
     }
@@ -152,7 +292,9 @@ impl Backend for TractBackend {
 
     fn run(&mut self, inputs: &[&TValue], layers: usize) -> Result<Outputs<TValue>> {
         let inputs: TVec<TValue> = inputs.iter().map(|&v| v.clone()).collect();
-        let outputs = self.plan.run(inputs).map_err(tract_error("running"))?;
+        // A damaged model can pass every check and still index out of bounds inside tract's
+        // ops (fuzzing found a Gather on an altered constant): an error, not a crash.
+        let outputs = guarded("running", || self.plan.run(inputs))?;
         let present = self.present_outputs[..layers.min(self.present_outputs.len())]
             .iter()
             .map(|&[k, v]| [outputs[k].clone(), outputs[v].clone()])

@@ -79,12 +79,21 @@ pub fn token_ids(batch: usize, seq: usize, vocab: usize, salt: u64) -> Array2<i6
     })
 }
 
-/// `max |actual - expected| / max |expected|`: the error relative to the logits' scale.
+/// `max |actual - expected| / max |expected|`: the error relative to the logits' scale. A value
+/// that is not finite, on either side, is an infinite error, so it fails every tolerance
+/// (`f32::max` skips NaN: folded with it, an all-NaN output would score 0).
 pub fn relative_error(actual: &Array3<f32>, expected: &Array3<f32>) -> f32 {
     assert_eq!(actual.shape(), expected.shape(), "logits shapes differ");
+    if actual.iter().chain(expected).any(|v| !v.is_finite()) {
+        return f32::INFINITY;
+    }
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = actual.iter().zip(expected).fold(0f32, |m, (a, e)| m.max((a - e).abs()));
-    diff / scale
+    match diff {
+        0.0 => 0.0,
+        // Over an all-zero scale any difference is infinitely large.
+        _ => diff / scale,
+    }
 }
 
 pub fn gptc(args: &[&str]) -> Output {
