@@ -313,3 +313,53 @@ fn onnx_runtime_gives_tracts_answers() {
         }
     }
 }
+
+/// A step of several tokens after a past (a chunked prompt: past 5, then 3 tokens): query `i`
+/// of the chunk sees the past and the chunk's keys up to `i`, in every family, GPT-2 included,
+/// on both runtimes. (gptc's driver steps one token at a time; the graph's contract is wider.)
+#[test]
+fn a_chunk_after_a_past_sees_exactly_its_causal_keys() {
+    let gpt2 = ModelConfig::Gpt2(gptc_graph::GptConfig {
+        vocab_size: 96,
+        context_length: CONTEXT,
+        emb_dim: 64,
+        n_heads: 4,
+        n_layers: 2,
+        drop_rate: 0.0,
+        qkv_bias: true,
+    });
+    let mut all = configs();
+    all.push(gpt2.clone());
+    for config in all {
+        let (bytes, weights) = compile(&config, CACHE, 23);
+        let ids = token_ids(2, 8, config.vocab_size(), 6);
+        let expected = match &config {
+            ModelConfig::Gpt2(gpt2) => gptc::reference::Reference::new(gpt2, &weights).logits(&ids),
+            _ => Reference::new(&config, &weights).unwrap().logits(&ids),
+        }
+        .unwrap();
+        for runtime in [
+            Box::new(TractRuntime::from_bytes(&bytes).unwrap()) as Box<dyn Runtime>,
+            Box::new(OrtRuntime::from_bytes(&bytes, Device::Cpu).unwrap()),
+        ]
+        .iter_mut()
+        {
+            let mut logits = Vec::new();
+            for (from, to) in [(0, 5), (5, 8)] {
+                let chunk = ids.slice(s![.., from..to]).to_owned();
+                let mask = Array2::ones((2, to));
+                let positions = Array2::from_shape_fn((2, to - from), |(_, j)| (from + j) as i64);
+                let step = Step {
+                    input_ids: &chunk,
+                    attention_mask: Some(&mask),
+                    position_ids: Some(&positions),
+                };
+                logits.push(runtime.run(&step).unwrap());
+            }
+            let chunk = logits.pop().unwrap();
+            let err = relative_error(&chunk, &expected.slice(s![.., 5.., ..]).to_owned());
+            let label = format!("{} {}", name(&config), runtime.name());
+            assert!(err < TOLERANCE, "{label}: relative error {err}");
+        }
+    }
+}

@@ -291,9 +291,9 @@ fn causal_mask(s: &mut Scope, ids: Value) -> Value {
 
 /// `1, 2, ..., n` along each row of `x` (`[batch, n]`, int64), and `n`, `[batch, 1]`. Numbered
 /// from the values of an input (ones made of them), not from its shape: tract 0.23 reasons
-/// symbolically about a mask computed from `Range`s of shapes and gets its dims wrong at past
-/// lengths above 0 (tests/kv_cache.rs fails so); a `Trilu` whose offset comes from shapes it
-/// refuses to type.
+/// symbolically about a mask compared from `Range`s of the shapes and gets its dims wrong (the
+/// plain graph's came out `[2, 1]` whatever the length; tests/tract_matches_reference.rs fails
+/// so), and refuses to type a `Trilu` whose offset comes from the shapes.
 fn slot_numbers(s: &mut Scope, x: Value) -> (Value, Value) {
     let zero = s.scalar_i64(0);
     let one = s.scalar_i64(1);
