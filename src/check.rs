@@ -133,13 +133,15 @@ pub fn check_model(path: &Path, model: &ModelProto, config: &GptConfig) -> Resul
     let graph = model.graph.as_ref().ok_or_else(|| Error::Model("the file has no graph".into()))?;
     // ONNX Runtime refuses versions it does not know; gptc writes exactly these.
     let opset = model.opset_import.iter().find(|o| o.domain.is_empty()).map(|o| o.version);
-    if opset != Some(gptc_graph::gpt2::OPSET) || model.ir_version != gptc_graph::gpt2::IR_VERSION {
+    if opset != Some(gptc_graph::decoder::OPSET)
+        || model.ir_version != gptc_graph::decoder::IR_VERSION
+    {
         return Err(Error::Model(format!(
             "the file declares IR version {} and opset {}; gptc's graph is IR version {} with opset {}",
             model.ir_version,
             opset.map_or("none".to_string(), |v| v.to_string()),
-            gptc_graph::gpt2::IR_VERSION,
-            gptc_graph::gpt2::OPSET
+            gptc_graph::decoder::IR_VERSION,
+            gptc_graph::decoder::OPSET
         )));
     }
     // The same check of every 4-bit node that tract's loader makes, before anything else

@@ -1,5 +1,8 @@
 //! The test oracle: GPT-2's forward pass in plain ndarray, read straight off the numerics
 //! contract and written without the graph builder. It only shares the weights' names.
+//! Llama and Qwen3 have theirs in [`llama`].
+
+pub mod llama;
 
 use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, Axis};
 

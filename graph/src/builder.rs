@@ -316,6 +316,11 @@ impl<'w> Scope<'_, 'w> {
         self.graph.constant(ConstData::I64(vec![value]), vec![])
     }
 
+    /// A float32 vector constant (RoPE's frequencies).
+    pub fn const_f32(&mut self, values: &[f32]) -> Value {
+        self.graph.constant(ConstData::F32(values.to_vec()), vec![values.len() as i64])
+    }
+
     pub fn scalar_f32(&mut self, value: f32) -> Value {
         self.graph.constant(ConstData::F32(vec![value]), vec![])
     }

@@ -1,23 +1,36 @@
-//! gptc-graph: GPT-2 configurations compiled to ONNX models.
+//! gptc-graph: GPT-2, Llama 3.2 and Qwen3 configurations compiled to ONNX models.
 //!
 //! Knows ONNX, not runtimes: anyone who only wants the `.onnx` file needs nothing else.
 
+pub mod architecture;
 pub mod book;
 pub mod builder;
 pub mod checkpoint;
 pub mod config;
+pub mod decoder;
+pub mod family_checkpoint;
 pub mod file;
-pub mod gpt2;
+/// The decoder's path from before it built more than GPT-2, kept so that code naming it
+/// builds unchanged while it moves to [`decoder`].
+#[doc(hidden)]
+pub mod gpt2 {
+    pub use crate::decoder::*;
+}
+mod layers;
+pub mod llama;
 pub mod names;
 pub mod onnx;
 pub mod pth;
 pub mod quant;
+pub mod qwen3;
 pub mod rng;
 pub mod weights;
 
 pub use builder::{Precision, Quantization};
-pub use config::{GptConfig, ParameterCount};
-pub use gpt2::{build_model, io_signature, GraphOptions, TensorSignature};
+pub use config::{Family, GptConfig, ModelConfig, ParameterCount, WeightDtype};
+pub use decoder::{build_model, io_signature, GraphOptions, TensorSignature};
+pub use llama::LlamaConfig;
+pub use qwen3::Qwen3Config;
 pub use weights::{Init, NamedTensor, RandomInit, Recording, TensorMap, WeightSource};
 
 use std::path::PathBuf;

@@ -42,12 +42,94 @@ pub fn present(layer: impl fmt::Display, part: KvPart) -> String {
     format!("{PRESENT_PREFIX}{layer}.{}", part.suffix())
 }
 
-/// Weights that code outside the builder refers to by name.
+/// GPT-2's weights that code outside the builder refers to by name.
 pub const TOKEN_EMBEDDING: &str = "wte.weight";
 pub const POSITION_EMBEDDING: &str = "wpe.weight";
 pub const OUTPUT_HEAD: &str = "lm_head.weight";
-/// GPT-2's lower-triangular attention table (its `attn.bias` buffer).
+/// The `[context, context]` causal table (GPT-2's `attn.bias` buffer) that files of earlier
+/// gptc versions store; the mask is computed now, but readers may still meet the table.
 pub const CAUSAL_MASK: &str = "causal_mask";
+
+/// How a family's checkpoints name its modules: the graph names its weights (`{module}.weight`,
+/// `.bias`) the same way, so importing a checkpoint is, tensor for tensor, the identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleNames {
+    pub token_embedding: &'static str,
+    /// Learned positions (GPT-2's `wpe`); RoPE families have none.
+    pub position_embedding: Option<&'static str>,
+    /// Block `i` is `{blocks}.{i}`.
+    pub blocks: &'static str,
+    /// The norm before the attention, the attention, its projections and (Qwen3) the norms
+    /// of each head's queries and keys.
+    pub attention_norm: &'static str,
+    pub attention: &'static str,
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attention_output: &'static str,
+    pub query_norm: &'static str,
+    pub key_norm: &'static str,
+    /// The norm before the feed-forward, the feed-forward and its projections: `up` widens,
+    /// `gate` (SwiGLU only) gates it, `down` narrows back.
+    pub feed_forward_norm: &'static str,
+    pub feed_forward: &'static str,
+    pub gate: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+    pub final_norm: &'static str,
+    pub output_head: &'static str,
+}
+
+impl ModuleNames {
+    /// `{blocks}.{layer}`: `h.3`, `model.layers.3`.
+    pub fn block(&self, layer: usize) -> String {
+        format!("{}.{layer}", self.blocks)
+    }
+}
+
+/// GPT-2's names as HF's `GPT2LMHeadModel` has them, `transformer.` dropped and `c_attn` split.
+pub const GPT2_MODULES: ModuleNames = ModuleNames {
+    token_embedding: TOKEN_EMBEDDING,
+    position_embedding: Some(POSITION_EMBEDDING),
+    blocks: "h",
+    attention_norm: "ln_1",
+    attention: "attn",
+    query: "q_proj",
+    key: "k_proj",
+    value: "v_proj",
+    attention_output: "c_proj",
+    query_norm: "q_norm",
+    key_norm: "k_norm",
+    feed_forward_norm: "ln_2",
+    feed_forward: "mlp",
+    gate: "gate_proj",
+    up: "c_fc",
+    down: "c_proj",
+    final_norm: "ln_f",
+    output_head: OUTPUT_HEAD,
+};
+
+/// The names of HF's `LlamaForCausalLM` and `Qwen3ForCausalLM`, unchanged.
+pub const LLAMA_MODULES: ModuleNames = ModuleNames {
+    token_embedding: "model.embed_tokens.weight",
+    position_embedding: None,
+    blocks: "model.layers",
+    attention_norm: "input_layernorm",
+    attention: "self_attn",
+    query: "q_proj",
+    key: "k_proj",
+    value: "v_proj",
+    attention_output: "o_proj",
+    query_norm: "q_norm",
+    key_norm: "k_norm",
+    feed_forward_norm: "post_attention_layernorm",
+    feed_forward: "mlp",
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+    final_norm: "model.norm",
+    output_head: OUTPUT_HEAD,
+};
 
 /// A 4-bit weight `W` is stored as `W_q4` (the packed blocks) and `W_scales`.
 pub const INT4_BLOCKS_SUFFIX: &str = "_q4";
