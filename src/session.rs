@@ -11,7 +11,7 @@ use crate::memory::{self, GenerationShape};
 use crate::runtime::Runtime;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::stream::Utf8Stream;
-use crate::tokenizer::{Tokenizer, END_OF_TEXT, GPT2_VOCAB_SIZE};
+use crate::tokenizer::{SpecialIds, Tokenizer, TokenizerSources};
 use crate::{Error, Result};
 
 /// How to generate.
@@ -136,7 +136,10 @@ pub struct Stats {
 pub struct Session<'r> {
     runtime: &'r mut dyn Runtime,
     config: GptConfig,
-    tokenizer: Tokenizer,
+    /// None: the model runs with token ids only.
+    tokenizer: Option<Tokenizer>,
+    /// The ids that end a row's generation (with `stop_at_eos`).
+    eos: Vec<i64>,
     settings: GenerationSettings,
     /// What a run may plan for at most; the machine's available memory bounds it either way.
     memory_limit: Option<u64>,
@@ -152,23 +155,43 @@ impl<'r> Session<'r> {
         Ok(Session {
             runtime,
             config: config.clone(),
-            tokenizer: Tokenizer::gpt2(),
+            tokenizer: Tokenizer::for_model(
+                gptc_graph::Family::Gpt2,
+                config.vocab_size,
+                TokenizerSources::default(),
+            )?,
+            eos: SpecialIds::gpt2().eos,
             settings,
             memory_limit: None,
         })
     }
 
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Another tokenizer (a model's own, `--tokenizer FILE`; None: ids only) and the ids that
+    /// end generation; a tokenizer that does not fit the model's vocabulary is refused.
+    pub fn with_tokenizer(
+        mut self,
+        tokenizer: Option<Tokenizer>,
+        special: &SpecialIds,
+    ) -> Result<Session<'r>> {
+        if let Some(tokenizer) = &tokenizer {
+            tokenizer.check_fits(self.config.vocab_size)?;
+        }
+        self.tokenizer = tokenizer;
+        self.eos = special.eos.clone();
+        Ok(self)
     }
 
     pub fn runtime_name(&self) -> String {
         self.runtime.name()
     }
 
-    /// Whether ids can be shown as text: the model's vocabulary is GPT-2's BPE (or a part).
+    /// Whether ids can be shown as text: the model has a tokenizer that fits its vocabulary.
     pub fn decodes_text(&self) -> bool {
-        self.config.vocab_size <= GPT2_VOCAB_SIZE
+        self.tokenizer.is_some()
     }
 
     /// The ids of each prompt, checked: none empty, every id in the model's vocabulary. With
@@ -182,13 +205,16 @@ impl<'r> Session<'r> {
             .map(|(i, prompt)| {
                 let ids = match prompt {
                     Prompt::Ids(ids) => ids.clone(),
-                    Prompt::Text(_) if !self.decodes_text() => {
-                        return Err(Error::Usage(format!(
-                            "the model's vocabulary ({vocab}) is larger than GPT-2's BPE ({GPT2_VOCAB_SIZE}): give token ids"
-                        )))
-                    }
-                    Prompt::Text(text) if allow_special => self.tokenizer.encode_with_special(text),
-                    Prompt::Text(text) => self.tokenizer.encode(text),
+                    Prompt::Text(text) => match &self.tokenizer {
+                        None => {
+                            return Err(Error::Usage(format!(
+                                "the model has no tokenizer for its vocabulary ({vocab}): give \
+                                 token ids (--ids) or a tokenizer.json (--tokenizer FILE)"
+                            )))
+                        }
+                        Some(tokenizer) if allow_special => tokenizer.encode_with_special(text)?,
+                        Some(tokenizer) => tokenizer.encode(text)?,
+                    },
                 };
                 if ids.is_empty() {
                     return Err(Error::Usage(format!(
@@ -245,18 +271,16 @@ impl<'r> Session<'r> {
                 on_event(Event::Cropped { row, tokens: prompt.len(), context })?;
             }
         }
-        let decode_text = self.decodes_text();
-        let Session { runtime, tokenizer, settings, .. } = self;
+        let Session { runtime, tokenizer, settings, eos, .. } = self;
         let mut rows: Vec<Completion> = prompts
             .iter()
             .map(|prompt| {
                 Ok(Completion {
                     prompt_ids: prompt.clone(),
                     output_ids: Vec::new(),
-                    prompt_text: if decode_text {
-                        tokenizer.decode(prompt)?
-                    } else {
-                        String::new()
+                    prompt_text: match tokenizer {
+                        Some(tokenizer) => tokenizer.decode(prompt)?,
+                        None => String::new(),
                     },
                     new_text: String::new(),
                     unstreamed: String::new(),
@@ -300,13 +324,13 @@ impl<'r> Session<'r> {
                         rows[row].step_logits.push(logits.to_vec());
                     }
                     let id = samplers[in_chunk].pick(logits);
-                    if settings.stop_at_eos && id == END_OF_TEXT {
+                    if settings.stop_at_eos && eos.contains(&id) {
                         return Ok(Next::Stop);
                     }
                     new_tokens += 1;
-                    let piece = match decode_text {
-                        true => streams[row].push(&tokenizer.decode_bytes(&[id])?),
-                        false => String::new(),
+                    let piece = match tokenizer {
+                        Some(tokenizer) => streams[row].push(&tokenizer.decode_bytes(&[id])?),
+                        None => String::new(),
                     };
                     let text = &mut rows[row].new_text;
                     text.push_str(&piece);
@@ -357,6 +381,7 @@ mod tests {
 
     use super::*;
     use crate::runtime::{LogitPositions, Step};
+    use crate::tokenizer::{END_OF_TEXT, GPT2_VOCAB_SIZE};
 
     /// A cached model whose greedy choice for row `r` at step `s` is `script[r][s]`.
     struct Scripted {
@@ -550,7 +575,7 @@ mod tests {
     }
 
     fn ids(text: &str) -> Vec<i64> {
-        Tokenizer::gpt2().encode(text)
+        Tokenizer::gpt2().encode(text).unwrap()
     }
 
     fn settings(max_new_tokens: usize) -> GenerationSettings {

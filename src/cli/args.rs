@@ -43,6 +43,9 @@ pub struct TokenizeArgs {
     /// Read `<|endoftext|>` in a text as the special token, not as text.
     #[arg(long)]
     pub allow_special: bool,
+    /// A Hugging Face tokenizer.json instead of GPT-2's BPE.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -255,6 +258,10 @@ pub struct GenerateArgs {
     /// Read `<|endoftext|>` in a prompt as the special token, not as text.
     #[arg(long)]
     pub allow_special: bool,
+    /// A Hugging Face tokenizer.json for the prompts and the output (default: GPT-2's BPE for
+    /// GPT-2, the model folder's or checkpoint's tokenizer.json for the other families).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// An exported .onnx file; without it, gpt2-small (or the given config) is compiled in memory.
     #[arg(long, value_name = "FILE.onnx")]
     pub model: Option<PathBuf>,

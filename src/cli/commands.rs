@@ -10,6 +10,7 @@ use gptc::model::compile;
 use gptc::progress::Progress;
 use gptc::runtime::{load, ModelSource, RuntimeKind};
 use gptc::session::{Event, GenerationSettings, Prompt, Session};
+use gptc::tokenizer::{self, Tokenizer, TokenizerSources};
 use gptc::{folder, inspect, memory};
 use gptc_graph::file::{self, WeightLayout};
 use gptc_graph::{GraphOptions, Precision, Quantization};
@@ -107,14 +108,21 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     if let Some(why) = &loaded.fallback {
         eprintln!("gptc: {why}; running ONNX Runtime on the CPU");
     }
-    let mut session = Session::new(loaded.runtime.as_mut(), &loaded.config, settings)?;
+    // The folder the model came from holds its tokenizer and special ids.
+    let folder =
+        [args.model.as_deref(), args.weights.as_deref()].into_iter().flatten().find(|p| p.is_dir());
+    let sources = TokenizerSources { file: args.tokenizer.as_deref(), folder };
+    let family = gptc_graph::ModelConfig::from(&loaded.config).family();
+    let (tokenizer, special) = tokenizer::for_model(family, loaded.config.vocab_size, sources)?;
+    let mut session = Session::new(loaded.runtime.as_mut(), &loaded.config, settings)?
+        .with_tokenizer(tokenizer, &special)?;
     let prompt_ids = session.encode(&prompts, args.allow_special)?;
 
     let stream_text =
         prompt_ids.len() == 1 && !args.json && !args.json_lines && session.decodes_text();
     let mut stdout = std::io::stdout().lock();
-    if stream_text {
-        write!(stdout, "{}", session.tokenizer().decode(&prompt_ids[0])?)?;
+    if let Some(tokenizer) = session.tokenizer().filter(|_| stream_text) {
+        write!(stdout, "{}", tokenizer.decode(&prompt_ids[0])?)?;
         stdout.flush()?;
     }
     let (completions, stats) = session.run(&prompt_ids, |event| {
@@ -262,14 +270,17 @@ pub fn tokenize(args: TokenizeArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: not a JSON list of strings ({e})", path.display()))?;
         texts.extend(listed);
     }
-    let tokenizer = gptc::tokenizer::Tokenizer::gpt2();
-    let ids: Vec<Vec<i64>> = texts
+    let tokenizer = match &args.tokenizer {
+        Some(path) => Tokenizer::from_file(path)?,
+        None => Tokenizer::gpt2(),
+    };
+    let ids = texts
         .iter()
         .map(|t| match args.allow_special {
             true => tokenizer.encode_with_special(t),
             false => tokenizer.encode(t),
         })
-        .collect();
+        .collect::<gptc::Result<Vec<Vec<i64>>>>()?;
     write_out(&format!("{}\n", serde_json::to_string(&ids)?))
 }
 
