@@ -620,6 +620,35 @@ mod tests {
     }
 
     #[test]
+    fn every_end_id_of_the_model_stops_a_row_and_without_a_tokenizer_text_is_refused() {
+        // A model whose generation config lists two end ids (as Qwen3's does).
+        let (first_end, second_end) = (ids(" a")[0], ids(" b")[0]);
+        let special = SpecialIds { bos: None, eos: vec![first_end, second_end], pad: None };
+        for end in [first_end, second_end] {
+            let mut runtime =
+                Scripted { script: vec![vec![ids(" x")[0], end, END_OF_TEXT]], step: 0 };
+            let stopping = GenerationSettings { stop_at_eos: true, ..settings(3) };
+            let mut session = Session::new(&mut runtime, &config(), stopping)
+                .unwrap()
+                .with_tokenizer(Some(Tokenizer::gpt2()), &special)
+                .unwrap();
+            let prompts = session.encode(&[Prompt::Text("Hi".into())], false).unwrap();
+            let (rows, _) = session.run(&prompts, |_| Ok(())).unwrap();
+            assert_eq!(rows[0].output_ids, ids(" x"), "end id {end}");
+        }
+        // No tokenizer: ids run, text is one clear error.
+        let mut runtime = Scripted { script: vec![ids(" x")], step: 0 };
+        let session = Session::new(&mut runtime, &config(), settings(1))
+            .unwrap()
+            .with_tokenizer(None, &SpecialIds::default())
+            .unwrap();
+        assert!(!session.decodes_text());
+        assert!(session.encode(&[Prompt::Ids(vec![1])], false).is_ok());
+        let err = session.encode(&[Prompt::Text("Hi".into())], false).unwrap_err().to_string();
+        assert!(err.contains("no tokenizer") && err.contains("--tokenizer FILE"), "{err}");
+    }
+
+    #[test]
     fn streamed_text_holds_back_a_split_character_until_it_is_whole() {
         let tokenizer = Tokenizer::gpt2();
         let byte_token = |byte: u8| -> i64 {
