@@ -416,12 +416,14 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()>
 
 /// Every side file of a folder and its contents.
 fn side_files(compiled: &Compiled) -> Result<Vec<(&'static str, String)>> {
-    let config = &compiled.config;
+    let gptc_graph::ModelConfig::Gpt2(config) = &compiled.config else {
+        return Err(unwritten_family(compiled.config.family()));
+    };
     // A `Value` always serializes: its keys are strings.
     let pretty = |v: Value| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
     let compact = |v: Value| serde_json::to_string(&v).unwrap_or_default();
     let mut files = vec![
-        ("config.json", pretty(config_json(compiled))),
+        ("config.json", pretty(config_json(compiled, config))),
         ("generation_config.json", pretty(generation_config_json())),
         ("genai_config.json", pretty(genai_config_json(config))),
     ];
@@ -436,8 +438,16 @@ fn side_files(compiled: &Compiled) -> Result<Vec<(&'static str, String)>> {
     Ok(files)
 }
 
-fn config_json(compiled: &Compiled) -> Value {
-    let c = &compiled.config;
+/// Side files are GPT-2's only, so far: a folder of another family is refused, not written
+/// with GPT-2's.
+pub fn unwritten_family(family: gptc_graph::Family) -> Error {
+    Error::Usage(format!(
+        "a model folder (-o DIR/) of a {} model is not written yet (its side files are GPT-2's): export a file (-o FILE.onnx)",
+        family.model_type()
+    ))
+}
+
+fn config_json(compiled: &Compiled, c: &gptc_graph::GptConfig) -> Value {
     json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",

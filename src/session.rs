@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gptc_graph::GptConfig;
+use gptc_graph::{Family, ModelConfig};
 
 use crate::generate::{generate, Next};
 use crate::memory::{self, GenerationShape};
@@ -135,7 +135,7 @@ pub struct Stats {
 /// Generates with one runtime and one model config.
 pub struct Session<'r> {
     runtime: &'r mut dyn Runtime,
-    config: GptConfig,
+    config: ModelConfig,
     tokenizer: Tokenizer,
     settings: GenerationSettings,
     /// What a run may plan for at most; the machine's available memory bounds it either way.
@@ -145,7 +145,7 @@ pub struct Session<'r> {
 impl<'r> Session<'r> {
     pub fn new(
         runtime: &'r mut dyn Runtime,
-        config: &GptConfig,
+        config: &ModelConfig,
         settings: GenerationSettings,
     ) -> Result<Session<'r>> {
         settings.validate()?;
@@ -166,22 +166,36 @@ impl<'r> Session<'r> {
         self.runtime.name()
     }
 
-    /// Whether ids can be shown as text: the model's vocabulary is GPT-2's BPE (or a part).
+    /// Whether ids can be shown as text: a GPT-2 model whose vocabulary is GPT-2's BPE (or a
+    /// part). Another family's ids are not GPT-2's tokens, whatever their number.
     pub fn decodes_text(&self) -> bool {
-        self.config.vocab_size <= GPT2_VOCAB_SIZE
+        self.config.family() == Family::Gpt2 && self.config.vocab_size() <= GPT2_VOCAB_SIZE
+    }
+
+    /// The id that ends a text: GPT-2's `<|endoftext|>` for GPT-2 models; none known for
+    /// another family without its tokenizer.
+    fn end_of_text(&self) -> Option<i64> {
+        (self.config.family() == Family::Gpt2).then_some(END_OF_TEXT)
     }
 
     /// The ids of each prompt, checked: none empty, every id in the model's vocabulary. With
     /// `allow_special`, `<|endoftext|>` in a text is the special token.
     pub fn encode(&self, prompts: &[Prompt], allow_special: bool) -> Result<Vec<Vec<i64>>> {
         check_prompts(prompts)?;
-        let vocab = self.config.vocab_size;
+        let vocab = self.config.vocab_size();
+        let family = self.config.family();
         prompts
             .iter()
             .enumerate()
             .map(|(i, prompt)| {
                 let ids = match prompt {
                     Prompt::Ids(ids) => ids.clone(),
+                    Prompt::Text(_) if family != Family::Gpt2 => {
+                        return Err(Error::Usage(format!(
+                            "the model is {}, with a vocabulary of {vocab} tokens that is not GPT-2's, and no tokenizer was given: pass --ids, or its tokenizer with --tokenizer",
+                            family.model_type()
+                        )))
+                    }
                     Prompt::Text(_) if !self.decodes_text() => {
                         return Err(Error::Usage(format!(
                             "the model's vocabulary ({vocab}) is larger than GPT-2's BPE ({GPT2_VOCAB_SIZE}): give token ids"
@@ -233,7 +247,7 @@ impl<'r> Session<'r> {
         prompts: &[Vec<i64>],
         mut on_event: impl FnMut(Event) -> Result<()>,
     ) -> Result<(Vec<Completion>, Stats)> {
-        let context = self.config.context_length;
+        let context = self.config.context_length();
         let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
         let available = match (self.memory_limit, memory::available_bytes()) {
             (Some(limit), Some(machine)) => Some(limit.min(machine)),
@@ -246,6 +260,7 @@ impl<'r> Session<'r> {
             }
         }
         let decode_text = self.decodes_text();
+        let end_of_text = self.end_of_text();
         let Session { runtime, tokenizer, settings, .. } = self;
         let mut rows: Vec<Completion> = prompts
             .iter()
@@ -300,7 +315,7 @@ impl<'r> Session<'r> {
                         rows[row].step_logits.push(logits.to_vec());
                     }
                     let id = samplers[in_chunk].pick(logits);
-                    if settings.stop_at_eos && id == END_OF_TEXT {
+                    if settings.stop_at_eos && Some(id) == end_of_text {
                         return Ok(Next::Stop);
                     }
                     new_tokens += 1;
@@ -513,8 +528,8 @@ mod tests {
         }
     }
 
-    fn config() -> GptConfig {
-        GptConfig {
+    fn config() -> ModelConfig {
+        ModelConfig::Gpt2(gptc_graph::GptConfig {
             vocab_size: GPT2_VOCAB_SIZE,
             context_length: 32,
             emb_dim: 8,
@@ -522,7 +537,7 @@ mod tests {
             n_layers: 1,
             drop_rate: 0.0,
             qkv_bias: false,
-        }
+        })
     }
 
     /// Runs `script` greedily on one prompt per row; returns the completions and, per row, the

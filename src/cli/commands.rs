@@ -12,7 +12,7 @@ use gptc::runtime::{load, ModelSource, RuntimeKind};
 use gptc::session::{Event, GenerationSettings, Prompt, Session};
 use gptc::{folder, inspect, memory};
 use gptc_graph::file::{self, WeightLayout};
-use gptc_graph::{GraphOptions, Precision, Quantization};
+use gptc_graph::{Family, GraphOptions, ModelConfig, Precision, Quantization};
 
 use super::args::{
     weights, BenchArgs, CheckArgs, ExportArgs, GenerateArgs, InspectArgs, TokenizeArgs,
@@ -31,7 +31,14 @@ pub fn export(args: ExportArgs) -> Result<()> {
         }
     }
     let weights = weights(args.weights.as_ref(), args.seed);
-    let compiled = compile(&args.model.spec(), &weights, args.graph.options())?;
+    let spec = args.model.spec();
+    if as_folder {
+        let family = gptc::model::family_of(&spec, &weights)?;
+        if family != Family::Gpt2 {
+            return Err(folder::unwritten_family(family).into());
+        }
+    }
+    let compiled = compile(&spec, &weights, args.graph.options())?;
     let layout = if args.external_data { WeightLayout::External } else { WeightLayout::Auto };
     let progress = Progress::bytes("writing", file::tensor_bytes(&compiled.model));
     let written = |n| progress.advance(n);
@@ -140,6 +147,15 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     for (row, completion) in completions.iter().enumerate() {
         if stream_text {
             writeln!(stdout, "{}", completion.unstreamed)?;
+        } else if !args.json && !args.json_lines && !session.decodes_text() {
+            // No tokenizer for this vocabulary: the ids, as --ids takes them.
+            let ids: Vec<String> = completion
+                .prompt_ids
+                .iter()
+                .chain(&completion.output_ids)
+                .map(i64::to_string)
+                .collect();
+            writeln!(stdout, "{}", ids.join(","))?;
         } else if args.json || args.json_lines {
             let mut object = serde_json::json!({
                 "prompt": texts.get(row).cloned().unwrap_or_else(|| completion.prompt_text.clone()),
@@ -178,7 +194,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
             let path = &folder::model_path(path);
             let model = inspect::read_model_file(path)?;
             out.push_str(&inspect::file_report(&model)?);
-            match spec.for_model_file(file::stored_config(&model).transpose()?, path, false) {
+            match spec.for_model_file(file::stored_model_config(&model).transpose()?, path, false) {
                 Ok(config) => Some(config),
                 Err(gptc::Error::NoConfig(_)) => {
                     out.push_str("no gptc config in the metadata: pass --preset or --config for the accounting\n");
@@ -200,7 +216,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let config = args.config.spec().resolve()?;
     let prefill = match args.prefill {
         Some(lengths) => lengths,
-        None => [16, 128, 1024].into_iter().filter(|&n| n <= config.context_length).collect(),
+        None => [16, 128, 1024].into_iter().filter(|&n| n <= config.context_length()).collect(),
     };
     let plan = BenchPlan {
         config,
@@ -225,15 +241,21 @@ pub fn check(args: CheckArgs) -> Result<()> {
     let path = &folder::model_path(&args.model);
     let (header, model) = gptc::check::read_model_file(path)?;
     write_out(&inspect::file_report(&model)?)?;
-    let stored = file::stored_config(&model).transpose()?;
+    let stored = file::stored_model_config(&model).transpose()?;
     let config = args.config.spec().for_model_file(stored, path, true)?;
     header.check_tables(&config)?;
     let options = gptc::check::check_model(path, &model, &config)?;
-    let side_files = if args.model.is_dir() {
-        folder::check_side_files(&args.model, &config)?;
-        ", and the folder's side files agree with it"
-    } else {
-        ""
+    let side_files = match (&config, args.model.is_dir()) {
+        (_, false) => "",
+        (ModelConfig::Gpt2(gpt2), true) => {
+            folder::check_side_files(&args.model, gpt2)?;
+            ", and the folder's side files agree with it"
+        }
+        (other, true) => bail!(
+            "{}: the side files of a {} model folder are not checked yet (gptc writes GPT-2's only)",
+            args.model.display(),
+            other.family().model_type()
+        ),
     };
     let variant = match (options.kv_cache, options.last_token_logits) {
         (false, false) => "plain graph",
