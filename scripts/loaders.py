@@ -1,7 +1,6 @@
 """Loaders no one here wrote, on gptc's model folder, as a user would point them at it.
 
-usage: loaders.py GPTC WORKDIR [FAMILY_GPTC]
-       (run by scripts/test.sh in .venv-loaders; see loaders-env.sh)
+usage: loaders.py GPTC WORKDIR   (run by scripts/test.sh in .venv-loaders; see loaders-env.sh)
 
 For a tiny config and for gpt2-small, `gptc export -o DIR/` writes a folder; then
 - onnxruntime-genai's `Model(folder)` and its tokenizer, and
@@ -12,12 +11,10 @@ ids for a few hundred varied strings. (optimum needs PyTorch: scripts/optimum_ch
 venv of its own.)
 
 For Llama and Qwen3, the tiny transformers checkpoints of tests/fixtures/families (with their
-tokenizers) are exported with `--weights CHECKPOINT -o DIR/`; each loader's tokenizer encodes a
-prompt to transformers' ids (recorded in the checkpoint's expected.json), as `gptc tokenize
---tokenizer DIR/tokenizer.json` does, and generates gptc's greedy ids from them. FAMILY_GPTC
-(default GPTC) is the program that exports, checks and generates those folders, with gptc's
-arguments: `target/release/examples/family_folder` does, from the library, where gptc's CLI
-does not yet take the families.
+tokenizers) are exported with `--weights CHECKPOINT -o DIR/`; gptc's tokenizer (`gptc generate
+--model DIR`, `gptc tokenize --tokenizer DIR/tokenizer.json`) and each loader's encode a prompt to
+transformers' ids (recorded in the checkpoint's expected.json), and each loader generates gptc's
+greedy ids.
 """
 
 import json
@@ -112,22 +109,22 @@ def same_until_end(ids, expected, eos):
     return ids[:k] == expected[:k] and len(ids) == len(expected)
 
 
-def family_folders(gptc, family_gptc, work):
+def family_folders(gptc, work):
     """Llama and Qwen3 folders: exported from transformers' checkpoints, loaded as they are."""
     for name, prompt in FAMILY_CHECKPOINTS:
         checkpoint = FAMILIES / name
         expected = json.loads((checkpoint / "expected.json").read_text())
         case = next(c for c in expected["tokenizer"]["texts"] if c["text"] == prompt)
         folder = work / name
-        run(family_gptc, "export", "--weights", checkpoint, "-o", f"{folder}/")
-        out = run(family_gptc, "check", folder)
-        check("agree" in out, f"{name}: gptc check reads the folder back")
+        run(gptc, "export", "--weights", checkpoint, "-o", f"{folder}/")
+        out = run(gptc, "check", folder)
+        check("side files agree" in out, f"{name}: gptc check reads the folder back")
         gptc_ids = json.loads(run(gptc, "tokenize", "--tokenizer", folder / "tokenizer.json", prompt))
         check(gptc_ids == [case["ids"]],
-              f"{name}: gptc's tokenizer {gptc_ids[0]} == transformers' {case['ids']}")
-        row = json.loads(run(family_gptc, "generate", "--model", folder, "--json", "--ids",
-                             ",".join(map(str, case["ids"])), "--max-new-tokens", str(NEW_TOKENS)))
-        expected_ids = row["output_ids"]
+              f"{name}: gptc tokenize {gptc_ids[0]} == transformers' {case['ids']}")
+        prompt_ids, expected_ids = gptc_generate(gptc, folder, prompt)
+        check(prompt_ids == case["ids"],
+              f"{name}: gptc generate's prompt ids {prompt_ids} == transformers' {case['ids']}")
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         ids = tokenizer(prompt)["input_ids"]
         check(ids == case["ids"], f"{name}: transformers' tokenizer from the folder {ids} == {case['ids']}")
@@ -212,8 +209,7 @@ def corpus():
 
 def main():
     gptc, work = sys.argv[1], pathlib.Path(sys.argv[2])
-    family_gptc = sys.argv[3] if len(sys.argv) > 3 else gptc
-    family_folders(gptc, family_gptc, work)
+    family_folders(gptc, work)
     # (name, export flags, the gptc runtime whose ids the loaders must give)
     variants = [
         ("tiny", TINY, "tract"),

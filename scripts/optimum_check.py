@@ -6,13 +6,14 @@ venv of its own, outside the test command:
 
     python3 -m venv .venv-optimum
     .venv-optimum/bin/pip install "optimum-onnx[onnxruntime]==0.1.0"
-    .venv-optimum/bin/python scripts/optimum_check.py target/release/gptc "$(mktemp -d)" [FAMILY_GPTC]
+    .venv-optimum/bin/python scripts/optimum_check.py target/release/gptc "$(mktemp -d)"
 
 For a tiny config and gpt2-small: "Hello, I am" encodes to gptc's ids, 20 greedy tokens equal
 `gptc generate --json`'s, and a left-padded batch of two prompts gives each prompt's own ids.
 For the tiny Llama and Qwen3 checkpoints of tests/fixtures/families (exported with `--weights
-CHECKPOINT -o DIR/` by FAMILY_GPTC, default GPTC; see scripts/loaders.py): the prompt encodes to
-transformers' ids, and optimum's greedy ids, alone and in a left-padded batch, are gptc's.
+CHECKPOINT -o DIR/`, with their tokenizers): the prompts encode to transformers' ids (recorded in
+the checkpoint's expected.json) in optimum's tokenizer and gptc's, and optimum's greedy ids, alone
+and in a left-padded batch, are gptc's.
 """
 
 import json
@@ -75,16 +76,18 @@ def same_until_end(ids, expected, eos):
     return ids[:k] == expected[:k] and len(ids) == len(expected)
 
 
-def families(family_gptc, work):
+def families(gptc, work):
     for name in FAMILY_CHECKPOINTS:
         checkpoint = FAMILIES / name
         expected = json.loads((checkpoint / "expected.json").read_text())
         cases = {c["text"]: c["ids"] for c in expected["tokenizer"]["texts"]}
         folder = work / name
-        run(family_gptc, "export", "--weights", checkpoint, "-o", f"{folder}/")
-        ids_args = [a for p in FAMILY_PROMPTS for a in ("--ids", ",".join(map(str, cases[p])))]
-        rows = [json.loads(l) for l in run(family_gptc, "generate", "--model", folder, "--json",
-                                           *ids_args, "--max-new-tokens", str(NEW_TOKENS)).splitlines()]
+        run(gptc, "export", "--weights", checkpoint, "-o", f"{folder}/")
+        rows = [json.loads(l) for l in run(gptc, "generate", *FAMILY_PROMPTS, "--model", folder,
+                                           "--json", "--max-new-tokens", str(NEW_TOKENS)).splitlines()]
+        for prompt, row in zip(FAMILY_PROMPTS, rows):
+            check(row["prompt_ids"] == cases[prompt],
+                  f"{name}: gptc's prompt ids {row['prompt_ids']} == transformers' {cases[prompt]}")
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = ORTModelForCausalLM.from_pretrained(folder)
         ids = tokenizer(FAMILY_PROMPTS[0], return_tensors="pt")
@@ -125,7 +128,7 @@ def families(family_gptc, work):
 
 def main():
     gptc, work = sys.argv[1], pathlib.Path(sys.argv[2])
-    families(sys.argv[3] if len(sys.argv) > 3 else gptc, work)
+    families(gptc, work)
     for name, config in [("tiny", TINY), ("gpt2-small", ["--preset", "gpt2-small"])]:
         folder = work / name
         run(gptc, "export", *config, "-o", f"{folder}/")

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gptc_graph::GptConfig;
+use gptc_graph::{Family, ModelConfig};
 
 use crate::generate::{generate, Next};
 use crate::memory::{self, GenerationShape};
@@ -135,7 +135,7 @@ pub struct Stats {
 /// Generates with one runtime and one model config.
 pub struct Session<'r> {
     runtime: &'r mut dyn Runtime,
-    config: GptConfig,
+    config: ModelConfig,
     /// None: the model runs with token ids only.
     tokenizer: Option<Tokenizer>,
     /// The ids that end a row's generation (with `stop_at_eos`).
@@ -148,19 +148,24 @@ pub struct Session<'r> {
 impl<'r> Session<'r> {
     pub fn new(
         runtime: &'r mut dyn Runtime,
-        config: &GptConfig,
+        config: &ModelConfig,
         settings: GenerationSettings,
     ) -> Result<Session<'r>> {
         settings.validate()?;
         Ok(Session {
             runtime,
             config: config.clone(),
+            // GPT-2's BPE where it fits; another family has none until one is given
+            // (`with_tokenizer`): its ids are not GPT-2's tokens, whatever their number.
             tokenizer: Tokenizer::for_model(
-                gptc_graph::Family::Gpt2,
-                config.vocab_size,
+                config.family(),
+                config.vocab_size(),
                 TokenizerSources::default(),
             )?,
-            eos: SpecialIds::gpt2().eos,
+            eos: match config.family() {
+                Family::Gpt2 => SpecialIds::gpt2().eos,
+                _ => Vec::new(),
+            },
             settings,
             memory_limit: None,
         })
@@ -178,7 +183,7 @@ impl<'r> Session<'r> {
         special: &SpecialIds,
     ) -> Result<Session<'r>> {
         if let Some(tokenizer) = &tokenizer {
-            tokenizer.check_fits(self.config.vocab_size)?;
+            tokenizer.check_fits(self.config.vocab_size())?;
         }
         self.tokenizer = tokenizer;
         self.eos = special.eos.clone();
@@ -198,7 +203,7 @@ impl<'r> Session<'r> {
     /// `allow_special`, `<|endoftext|>` in a text is the special token.
     pub fn encode(&self, prompts: &[Prompt], allow_special: bool) -> Result<Vec<Vec<i64>>> {
         check_prompts(prompts)?;
-        let vocab = self.config.vocab_size;
+        let vocab = self.config.vocab_size();
         prompts
             .iter()
             .enumerate()
@@ -259,7 +264,7 @@ impl<'r> Session<'r> {
         prompts: &[Vec<i64>],
         mut on_event: impl FnMut(Event) -> Result<()>,
     ) -> Result<(Vec<Completion>, Stats)> {
-        let context = self.config.context_length;
+        let context = self.config.context_length();
         let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
         let available = match (self.memory_limit, memory::available_bytes()) {
             (Some(limit), Some(machine)) => Some(limit.min(machine)),
@@ -279,7 +284,7 @@ impl<'r> Session<'r> {
                     prompt_ids: prompt.clone(),
                     output_ids: Vec::new(),
                     prompt_text: match tokenizer {
-                        Some(tokenizer) => tokenizer.decode(prompt)?,
+                        Some(tokenizer) => tokenizer.decode_model_ids(prompt)?,
                         None => String::new(),
                     },
                     new_text: String::new(),
@@ -329,7 +334,7 @@ impl<'r> Session<'r> {
                     }
                     new_tokens += 1;
                     let piece = match tokenizer {
-                        Some(tokenizer) => streams[row].push(&tokenizer.decode_bytes(&[id])?),
+                        Some(tokenizer) => streams[row].push(&tokenizer.model_token_bytes(id)?),
                         None => String::new(),
                     };
                     let text = &mut rows[row].new_text;
@@ -538,8 +543,8 @@ mod tests {
         }
     }
 
-    fn config() -> GptConfig {
-        GptConfig {
+    fn config() -> ModelConfig {
+        ModelConfig::Gpt2(gptc_graph::GptConfig {
             vocab_size: GPT2_VOCAB_SIZE,
             context_length: 32,
             emb_dim: 8,
@@ -547,7 +552,7 @@ mod tests {
             n_layers: 1,
             drop_rate: 0.0,
             qkv_bias: false,
-        }
+        })
     }
 
     /// Runs `script` greedily on one prompt per row; returns the completions and, per row, the

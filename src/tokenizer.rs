@@ -205,6 +205,35 @@ impl Tokenizer {
         Ok(String::from_utf8_lossy(&self.decode_bytes(ids)?).into_owned())
     }
 
+    /// A model's ids as text: as [`Tokenizer::decode`], except that an id the tokenizer has no
+    /// text for becomes U+FFFD. A model's vocabulary may be larger than its tokenizer (nanoGPT
+    /// pads GPT-2's to 50,304; a random init picks any id); the ids themselves stay exact.
+    pub fn decode_model_ids(&self, ids: &[i64]) -> Result<String> {
+        let known = |id: &i64| usize::try_from(*id).is_ok_and(|id| id < self.size());
+        if ids.iter().all(known) {
+            return self.decode(ids);
+        }
+        let bytes = self.model_token_bytes_of(ids)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// One of a model's tokens as bytes (a token may hold part of a UTF-8 character): those of
+    /// U+FFFD for an id the tokenizer has no text for (see [`Tokenizer::decode_model_ids`]).
+    pub fn model_token_bytes(&self, id: i64) -> Result<Vec<u8>> {
+        self.model_token_bytes_of(&[id])
+    }
+
+    fn model_token_bytes_of(&self, ids: &[i64]) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            match usize::try_from(id) {
+                Ok(index) if index < self.size() => bytes.extend(self.decode_bytes(&[id])?),
+                _ => bytes.extend_from_slice(char::REPLACEMENT_CHARACTER.to_string().as_bytes()),
+            }
+        }
+        Ok(bytes)
+    }
+
     fn vocabulary_name(&self) -> String {
         match &self.kind {
             Kind::Gpt2(_) => "GPT-2's vocabulary".into(),
@@ -521,6 +550,19 @@ mod tests {
         write("generation_config.json", r#"{"eos_token_id": "two"}"#);
         let err = special_ids(Family::Llama, Some(dir.path()), Some(&t)).unwrap_err();
         assert!(err.to_string().contains("`eos_token_id` is \"two\""), "{err}");
+    }
+
+    #[test]
+    fn a_models_id_beyond_its_tokenizer_is_shown_as_a_replacement_character() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tiny_tokenizer(dir.path());
+        assert_eq!(t.decode_model_ids(&[2, 7, 2]).unwrap(), "é\u{fffd}é");
+        assert_eq!(t.model_token_bytes(7).unwrap(), "\u{fffd}".as_bytes());
+        assert_eq!(t.model_token_bytes(0).unwrap(), [0xc3]);
+        // GPT-2's BPE in a vocabulary padded to 50,304.
+        let gpt2 = Tokenizer::gpt2();
+        assert_eq!(gpt2.decode_model_ids(&[15496, 50300]).unwrap(), "Hello\u{fffd}");
+        assert!(gpt2.decode(&[50300]).is_err());
     }
 
     #[test]

@@ -332,3 +332,34 @@ fn check_catches_an_edited_config_json_of_each_family() {
         );
     }
 }
+
+#[test]
+fn export_check_and_generate_a_family_folder_as_a_user_types_them() {
+    let temp = tempfile::tempdir().unwrap();
+    for name in ["llama-tied-bf16", "qwen3-untied-bf16-sharded"] {
+        let checkpoint = fixture(name);
+        let out = format!("{name}/");
+        let export = ["export", "--weights", checkpoint.to_str().unwrap(), "-o", &out];
+        assert_success(&gptc_in(temp.path(), &export));
+        let check = gptc_in(temp.path(), &["check", &out]);
+        assert_success(&check);
+        assert!(stdout(&check).contains("side files agree"), "{name}");
+        // Text through the folder's own tokenizer: transformers' ids (Llama's BOS included).
+        let (_, cases) = tokenizer_cases(&checkpoint);
+        let args = ["generate", &cases[0].text, "--model", name, "--json", "--max-new-tokens", "4"];
+        let generated = gptc_in(temp.path(), &args);
+        assert_success(&generated);
+        let row: Value = serde_json::from_str(&stdout(&generated)).unwrap();
+        assert_eq!(row["prompt_ids"], serde_json::json!(cases[0].ids), "{name}");
+        // An edited config.json: one line naming the file and the key, non-zero exit.
+        let path = temp.path().join(name).join("config.json");
+        let mut hf = json(&path);
+        hf["num_key_value_heads"] = Value::from(4);
+        std::fs::write(&path, serde_json::to_string_pretty(&hf).unwrap()).unwrap();
+        let check = gptc_in(temp.path(), &["check", &out]);
+        assert!(!check.status.success(), "{name}");
+        let err = stderr(&check);
+        assert!(err.contains("config.json") && err.contains("/num_key_value_heads"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
