@@ -363,3 +363,42 @@ fn export_check_and_generate_a_family_folder_as_a_user_types_them() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn export_takes_a_tokenizer_file_for_a_random_init_folder_and_refuses_one_too_large_first() {
+    let temp = tempfile::tempdir().unwrap();
+    let config = |vocab: usize| {
+        serde_json::json!({
+            "model_type": "qwen3", "vocab_size": vocab, "context_length": 32, "emb_dim": 32,
+            "n_heads": 2, "n_layers": 1, "hidden_dim": 48, "head_dim": 16, "qk_norm": true,
+            "n_kv_groups": 1, "rope_base": 10000.0, "dtype": "float32",
+        })
+        .to_string()
+    };
+    let source = fixture("qwen3-tied-f32");
+    let file = source.join("tokenizer.json");
+    std::fs::write(temp.path().join("fits.json"), config(128)).unwrap();
+    let args =
+        ["export", "--config", "fits.json", "--tokenizer", file.to_str().unwrap(), "-o", "m/"];
+    assert_success(&gptc_in(temp.path(), &args));
+    for name in ["tokenizer.json", "tokenizer_config.json"] {
+        let copied = std::fs::read(temp.path().join("m").join(name)).unwrap();
+        assert_eq!(copied, std::fs::read(source.join(name)).unwrap(), "{name}");
+    }
+    assert_success(&gptc_in(temp.path(), &["check", "m/"]));
+    // A vocabulary of 100 cannot hold the tokenizer's ids up to 127: refused, nothing written.
+    std::fs::write(temp.path().join("small.json"), config(100)).unwrap();
+    let args =
+        ["export", "--config", "small.json", "--tokenizer", file.to_str().unwrap(), "-o", "s/"];
+    let out = gptc_in(temp.path(), &args);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("ids up to 127") && err.contains("vocabulary has 100"), "{err}");
+    assert!(!temp.path().join("s").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(temp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
