@@ -54,10 +54,13 @@ pub fn model_bytes(config: &ModelConfig, precision: Precision) -> u64 {
     product(&[sum(&[weights, mask_table]), LOAD_FACTOR])
 }
 
-/// The parameter total (untied), saturating: a config whose count overflows needs more
-/// memory than any machine has.
+/// The parameter total (a head its config ties counted once), saturating: a config whose
+/// count overflows needs more memory than any machine has.
 fn parameters(config: &ModelConfig) -> u64 {
-    let c = config.parameter_count();
+    let mut c = config.parameter_count();
+    if config.head_tied() {
+        c.output_head = 0;
+    }
     let per_block = sum(&[
         c.per_block_attention as u64,
         c.per_block_feed_forward as u64,
