@@ -249,3 +249,64 @@ fn bad_family_input_is_refused_in_one_line() {
     one_line_error(&refused, "model folder (-o DIR/) of a llama model is not written yet");
     assert!(!out("llama-folder").exists());
 }
+
+/// A single checkpoint file with a config: the head is tied when the config says so and, where
+/// it does not say, when the file holds no head; transformers' names or the book's alike.
+#[test]
+fn a_single_files_head_is_tied_as_its_config_or_its_contents_say() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    // Qwen3ForCausalLM's model.safetensors alone (no lm_head: transformers tied it), with its
+    // config.json said in the book's keys.
+    let folder = root.join("families/qwen3-tied-f32");
+    let weights = folder.join("model.safetensors");
+    let book_keys = r#"{"model_type": "qwen3", "vocab_size": 128, "context_length": 128,
+      "emb_dim": 64, "n_heads": 4, "n_layers": 2, "hidden_dim": 96, "head_dim": 32,
+      "qk_norm": true, "n_kv_groups": 2, "rope_base": 1000000.0, "dtype": "float32"TIE}"#;
+    let unsaid = write_config(dir.path(), "unsaid.json", &book_keys.replace("TIE", ""));
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("expected.json")).unwrap())
+            .unwrap();
+    let prompt: Vec<i64> =
+        serde_json::from_value(expected["greedy"]["prompts"][0].clone()).unwrap();
+    let want: Vec<i64> = serde_json::from_value(expected["greedy"]["ids"][0].clone()).unwrap();
+    let prompt = prompt.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    let model = ["--weights", s(&weights), "--config", s(&unsaid)];
+    assert_eq!(generate_ids(&model, "tract", &prompt, want.len()), want);
+    // Said untied, the head it lacks is named.
+    let untied = write_config(
+        dir.path(),
+        "untied.json",
+        &book_keys.replace("TIE", r#", "tie_word_embeddings": false"#),
+    );
+    let onnx = dir.path().join("m.onnx");
+    let out = gptc(&["export", "--weights", s(&weights), "--config", s(&untied), "-o", s(&onnx)]);
+    one_line_error(&out, "`lm_head.weight`: used by the model but missing");
+
+    // The book's Llama3Model holds its own head: exported untied; with --tie-weights, a head
+    // that differs from the embedding is refused.
+    let book = root.join("book/llama3");
+    let config = book.join("config.json");
+    let pth = book.join("model.pth");
+    let args = ["export", "--weights", s(&pth), "--config", s(&config), "--family", "llama"];
+    let out = gptc(&[&args[..], &["-o", s(&onnx)]].concat());
+    assert_success(&out);
+    assert!(!stderr(&out).contains(", tied"), "{}", stderr(&out));
+    let out = gptc(&[&args[..], &["--tie-weights", "-o", s(&onnx)]].concat());
+    one_line_error(&out, "`out_head.weight`: differs from `tok_emb.weight`");
+    // Without its head (as a tied model saves none), the same file exports tied.
+    let bytes = std::fs::read(book.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = file
+        .iter()
+        .filter(|(name, _)| *name != "out_head.weight")
+        .map(|(n, t)| (n.into(), t))
+        .collect();
+    let headless = dir.path().join("headless.safetensors");
+    safetensors::serialize_to_file(kept, None, &headless).unwrap();
+    let args = ["export", "--weights", s(&headless), "--config", s(&config), "--family", "llama"];
+    let out = gptc(&[&args[..], &["-o", s(&onnx)]].concat());
+    assert_success(&out);
+    assert!(stderr(&out).contains(", tied"), "{}", stderr(&out));
+    assert_success(&gptc(&["check", s(&onnx)]));
+}
