@@ -54,10 +54,13 @@ pub fn model_bytes(config: &ModelConfig, precision: Precision) -> u64 {
     product(&[sum(&[weights, mask_table]), LOAD_FACTOR])
 }
 
-/// The parameter total (untied), saturating: a config whose count overflows needs more
-/// memory than any machine has.
+/// The parameter total (a head its config ties counted once), saturating: a config whose
+/// count overflows needs more memory than any machine has.
 fn parameters(config: &ModelConfig) -> u64 {
-    let c = config.parameter_count();
+    let mut c = config.parameter_count();
+    if config.head_tied() {
+        c.output_head = 0;
+    }
     let per_block = sum(&[
         c.per_block_attention as u64,
         c.per_block_feed_forward as u64,
@@ -325,6 +328,30 @@ mod tests {
         let one = plain.chunk_bytes(&config, 1, 4);
         assert_eq!(plain.chunk_bytes(&config, 1000, 4), one);
         assert_eq!(plain.chunks(&config, &vec![4; 1000], Some(one)).unwrap(), whole(1000));
+    }
+
+    /// Grouped-query attention: the cache holds `n_kv_groups` heads of `head_dim`, not
+    /// `emb_dim` per position; the RoPE families store no causal table.
+    #[test]
+    fn the_cache_of_grouped_attention_holds_its_kv_heads_only() {
+        let llama = |n_kv_groups| {
+            let ModelConfig::Llama(mut c) = ModelConfig::preset("llama3.2-1b").unwrap() else {
+                unreachable!()
+            };
+            (c.emb_dim, c.n_heads, c.n_layers, c.context_length) = (64, 4, 2, 1 << 20);
+            c.n_kv_groups = n_kv_groups;
+            ModelConfig::Llama(c)
+        };
+        let (b, t, layers, head_dim) = (3u64, 10u64, 2u64, 16u64);
+        let run = |groups| run_bytes(&llama(groups), Precision::F32, 3, 10, 1);
+        // Two more kv heads: keys and values of each layer, in the kv cache and its copy.
+        assert_eq!(run(4) - run(2), 2 * layers * b * t * 2 * head_dim * 4 * 2);
+        // A context of 2^20 positions adds nothing to the model: no [context, context] table.
+        let short = ModelConfig::Llama(match llama(2) {
+            ModelConfig::Llama(c) => gptc_graph::LlamaConfig { context_length: 64, ..c },
+            _ => unreachable!(),
+        });
+        assert_eq!(model_bytes(&llama(2), Precision::F32), model_bytes(&short, Precision::F32));
     }
 
     #[test]
