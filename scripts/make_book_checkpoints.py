@@ -580,7 +580,27 @@ def swiglu_fixtures(out):
                         book_shapes={k: list(v.shape) for k, v in model.state_dict().items()},
                         book_dtypes={k: str(v.dtype).removeprefix("torch.")
                                      for k, v in model.state_dict().items()})
-        (folder / "expected.json").write_text(json.dumps({"model.pth": expected}) + "\n")
+        forms = {"model.pth": expected}
+
+        # The other save forms, as for GPTModel: safetensors of the same state dict, and
+        # chapter 5's model and optimizer after one training step.
+        save_file(model.state_dict(), folder / "model.safetensors")
+        forms["model.safetensors"] = dict(witness(model, cfg), config="config.json")
+        trained = copy.deepcopy(model)
+        trained.train()
+        optimizer = torch.optim.AdamW(trained.parameters(), lr=0.01, weight_decay=0.1)
+        batch = torch.tensor([PROMPT + [1, 2, 3]])
+        logits = trained(batch[:, :-1]).float()
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        trained.eval()
+        torch.save({"model_state_dict": trained.state_dict(),
+                    "optimizer_state_dict": optimizer.state_dict()},
+                   folder / "model_and_optimizer.pth")
+        forms["model_and_optimizer.pth"] = dict(witness(trained, cfg), config="config.json")
+        (folder / "expected.json").write_text(json.dumps(forms) + "\n")
 
 
 def main():

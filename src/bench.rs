@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use gptc_graph::file::{self, WeightLayout};
-use gptc_graph::{GptConfig, GraphOptions, ParameterCount, Precision, Quantization, RandomInit};
+use gptc_graph::{GraphOptions, ModelConfig, Precision, Quantization, RandomInit};
 use ndarray::ArrayView1;
 
 use crate::generate::{generate, Next};
@@ -96,8 +96,11 @@ pub fn measure(
     prefill_lengths: &[usize],
     new_tokens: usize,
     context: usize,
+    vocab_size: usize,
 ) -> Result<RuntimeFigures> {
-    let prompt = |n: usize| -> Vec<i64> { (0..n as i64).map(|i| (i * 7919) % 50000).collect() };
+    // Ids spread over the vocabulary (GPT-2's first 50,000 tokens, as the bench always took).
+    let spread = vocab_size.min(50000) as i64;
+    let prompt = |n: usize| -> Vec<i64> { (0..n as i64).map(|i| (i * 7919) % spread).collect() };
     let mut prefill_ms = Vec::new();
     for &n in prefill_lengths.iter().filter(|&&n| n <= context) {
         let times = (0..3)
@@ -137,9 +140,11 @@ pub fn bytes_read_per_token(model: &gptc_graph::onnx::ModelProto) -> u64 {
         .iter()
         .map(|t| {
             let bytes = file::tensor_byte_len(t) as u64;
+            let embedding =
+                t.name == names::TOKEN_EMBEDDING || t.name == names::LLAMA_MODULES.token_embedding;
             let gathered = t.name == names::POSITION_EMBEDDING
                 || t.name == names::CAUSAL_MASK
-                || (t.name == names::TOKEN_EMBEDDING && !tied);
+                || (embedding && !tied);
             match (gathered, t.dims.first()) {
                 (true, Some(&rows)) if rows > 0 => bytes / rows as u64,
                 _ => bytes,
@@ -151,7 +156,7 @@ pub fn bytes_read_per_token(model: &gptc_graph::onnx::ModelProto) -> u64 {
 /// What `gptc bench` measures.
 #[derive(Clone, Debug)]
 pub struct BenchPlan {
-    pub config: GptConfig,
+    pub config: ModelConfig,
     pub precision: Precision,
     pub quantization: Quantization,
     /// Prompt lengths whose prefill is timed (those over the context are refused).
@@ -171,6 +176,7 @@ pub struct BenchPlan {
 /// Everything `gptc bench` printed, as figures.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchReport {
+    pub family: String,
     pub n_layers: usize,
     pub emb_dim: usize,
     pub parameters: usize,
@@ -191,8 +197,9 @@ pub struct BenchReport {
 /// one file, then measures the machine's read bandwidth and the bound it puts on decoding.
 pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
     let config = &plan.config;
-    let count = ParameterCount::of(config);
-    let ctx = config.context_length;
+    let arch = config.architecture();
+    let ctx = config.context_length();
+    let vocab = config.vocab_size();
     let gb = |bytes: f64| bytes / 1e9;
     let peak = || gb(memory::peak_rss_bytes().unwrap_or(0) as f64);
     if let Some(&n) = plan.prefill.iter().find(|&&n| n > ctx) {
@@ -239,14 +246,14 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
         let start = Instant::now();
         let mut tract = TractRuntime::from_path(&path)?;
         let load_s = start.elapsed().as_secs_f64();
-        runtimes.push(measure(&mut tract, load_s, &plan.prefill, plan.new_tokens, ctx)?);
+        runtimes.push(measure(&mut tract, load_s, &plan.prefill, plan.new_tokens, ctx, vocab)?);
     }
     let peak_rss_gb = peak();
     if let Some(device) = plan.ort {
         let start = Instant::now();
         let mut ort = OrtRuntime::from_path(&path, device)?;
         let load_s = start.elapsed().as_secs_f64();
-        runtimes.push(measure(&mut ort, load_s, &plan.prefill, plan.new_tokens, ctx)?);
+        runtimes.push(measure(&mut ort, load_s, &plan.prefill, plan.new_tokens, ctx, vocab)?);
     }
     drop(staging);
 
@@ -264,9 +271,10 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
 
     let bandwidth = read_bandwidth(1 << 30, 5);
     Ok(BenchReport {
-        n_layers: config.n_layers,
-        emb_dim: config.emb_dim,
-        parameters: count.total(),
+        family: config.family().model_type().into(),
+        n_layers: arch.n_layers,
+        emb_dim: arch.emb_dim,
+        parameters: crate::model::stored_parameters(config, options),
         export_s,
         export_peak_rss_gb,
         file_mb,
@@ -284,7 +292,8 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "model       {} layers, emb {}, {} parameters",
+            "model       {} {} layers, emb {}, {} parameters",
+            self.family,
             self.n_layers,
             self.emb_dim,
             thousands(self.parameters)

@@ -3,7 +3,7 @@
 use gptc_graph::names::{self, InputRole};
 use gptc_graph::onnx::{DataType, Dim, ModelProto, ValueInfoProto};
 use gptc_graph::{
-    file, io_signature, GptConfig, GraphOptions, Precision, Quantization, TensorSignature,
+    file, io_signature, GraphOptions, ModelConfig, Precision, Quantization, TensorSignature,
 };
 
 use std::path::Path;
@@ -51,7 +51,9 @@ fn declared_options(model: &ModelProto) -> GraphOptions {
     let precision = graph
         .initializer
         .iter()
-        .find(|t| t.name == names::TOKEN_EMBEDDING)
+        .find(|t| {
+            t.name == names::TOKEN_EMBEDDING || t.name == names::LLAMA_MODULES.token_embedding
+        })
         .and_then(|t| DataType::try_from(t.data_type).ok())
         .and_then(Precision::of_data_type)
         .unwrap_or_default();
@@ -129,7 +131,7 @@ pub fn read_model_file(path: &Path) -> Result<(gptc_graph::file::StoredHeader, M
 
 /// Checks the file's declared inputs and outputs against the contract for `config` and
 /// against what tract's shape analysis infers from the inputs alone. Returns the variant.
-pub fn check_model(path: &Path, model: &ModelProto, config: &GptConfig) -> Result<GraphOptions> {
+pub fn check_model(path: &Path, model: &ModelProto, config: &ModelConfig) -> Result<GraphOptions> {
     let graph = model.graph.as_ref().ok_or_else(|| Error::Model("the file has no graph".into()))?;
     // ONNX Runtime refuses versions it does not know; gptc writes exactly these.
     let opset = model.opset_import.iter().find(|o| o.domain.is_empty()).map(|o| o.version);

@@ -1,13 +1,18 @@
 //! A model folder that other runtimes load as it is: the ONNX file where each of them looks
 //! (`onnx/model.onnx`), and the side files each of them reads, written from what gptc knows
-//! (the config, GPT-2's BPE, end-of-text, the I/O layout):
+//! (the config, the tokenizer, the special ids, the I/O layout):
 //!
-//! - `config.json`, `generation_config.json`: transformers' GPT-2 schema (optimum,
-//!   transformers.js);
-//! - `tokenizer.json`, `tokenizer_config.json`, `vocab.json`, `merges.txt`: GPT-2's byte-level
-//!   BPE, built from the ranks tiktoken-rs ships;
-//! - `genai_config.json`: onnxruntime-genai's generic `decoder`, whose default I/O names are
-//!   optimum's layout (its `gpt2` type expects another cache layout).
+//! - `config.json`, `generation_config.json`: transformers' schema of the family (GPT-2's;
+//!   `LlamaForCausalLM`'s and `Qwen3ForCausalLM`'s as the published checkpoints write them),
+//!   read by optimum and transformers.js;
+//! - GPT-2: `tokenizer.json`, `tokenizer_config.json`, `vocab.json`, `merges.txt`: GPT-2's
+//!   byte-level BPE, built from the ranks tiktoken-rs ships. Llama and Qwen3: the tokenizer
+//!   files of the checkpoint the model came from (`tokenizer.json`, `tokenizer_config.json`,
+//!   `special_tokens_map.json`, those present), copied; a random-init model has none;
+//! - `genai_config.json`: onnxruntime-genai's generic `decoder` for GPT-2, whose default I/O
+//!   names are optimum's layout (its `gpt2` type expects another cache layout); its `llama` and
+//!   `qwen3` types (what its model builder writes for those architectures) for the others, with
+//!   the I/O names said.
 //!
 //! External data goes to `onnx/model.onnx_data`, the name transformers.js looks for.
 //!
@@ -23,8 +28,14 @@ use gptc_graph::names;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use gptc_graph::onnx::ModelProto;
+use gptc_graph::{GraphOptions, ModelConfig};
+
 use crate::model::Compiled;
-use crate::tokenizer::{HfBpe, END_OF_TEXT, GPT2_VOCAB_SIZE};
+use crate::tokenizer::{
+    self, HfBpe, SpecialIds, Tokenizer, TokenizerSources, END_OF_TEXT, GPT2_VOCAB_SIZE,
+    TOKENIZER_JSON,
+};
 use crate::{Error, Result};
 
 /// Where the model lives inside a folder.
@@ -264,17 +275,48 @@ pub fn check_target(dir: &Path) -> Result<PathBuf> {
     Err(refuse("too many levels of symbolic links".into()))
 }
 
-/// Writes `compiled` as a model folder at `dir` (links followed, see [`check_target`]).
-/// Everything is written into a hidden folder beside it first, with the manifest; then, while
-/// holding [`file::commit_lock`], the complete folder takes the old one's place in one step.
-/// A failed or interrupted export leaves the old folder as it was and nothing beside it.
-/// Returns the model file.
+/// What a model folder is written from.
+pub struct FolderModel<'a> {
+    pub model: &'a ModelProto,
+    pub config: &'a ModelConfig,
+    pub options: GraphOptions,
+    /// Where the tokenizer files come from, for the families other than GPT-2 (whose BPE gptc
+    /// writes itself): `--tokenizer FILE`, or the checkpoint folder the weights came from.
+    pub tokenizer: TokenizerSources<'a>,
+}
+
+/// Writes `compiled` as a model folder at `dir`; see [`write_model_folder`]. A compiled model
+/// carries no tokenizer: a Llama or Qwen3 one gets no tokenizer files.
 pub fn write_folder(
     dir: &Path,
     compiled: &Compiled,
     layout: WeightLayout,
     written: &dyn Fn(u64),
 ) -> Result<PathBuf> {
+    let config = ModelConfig::from(&compiled.config);
+    let model = FolderModel {
+        model: &compiled.model,
+        config: &config,
+        options: compiled.options,
+        tokenizer: TokenizerSources::default(),
+    };
+    write_model_folder(dir, &model, layout, written)
+}
+
+/// Writes a model folder at `dir` (links followed, see [`check_target`]).
+/// Everything is written into a hidden folder beside it first, with the manifest; then, while
+/// holding [`file::commit_lock`], the complete folder takes the old one's place in one step.
+/// A failed or interrupted export leaves the old folder as it was and nothing beside it.
+/// Returns the model file.
+pub fn write_model_folder(
+    dir: &Path,
+    model: &FolderModel,
+    layout: WeightLayout,
+    written: &dyn Fn(u64),
+) -> Result<PathBuf> {
+    // The side files first: a tokenizer that does not fit the vocabulary is refused before the
+    // weights are written.
+    let side = side_files(model)?;
     let dir = check_target(dir)?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -292,8 +334,8 @@ pub fn write_folder(
         // Not `create_dir_all`: once a signal handler has removed the staging folder, nothing
         // may bring it back.
         std::fs::create_dir(staging.join("onnx")).map_err(io(&staging))?;
-        file::write_model_as(&model_file(&staging), DATA_FILE, &compiled.model, layout, written)?;
-        for (file_name, contents) in side_files(compiled)? {
+        file::write_model_as(&model_file(&staging), DATA_FILE, model.model, layout, written)?;
+        for (file_name, contents) in &side {
             let path = staging.join(file_name);
             std::fs::write(&path, contents).map_err(io(&path))?;
         }
@@ -414,14 +456,28 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()>
     }
 }
 
+// A `Value` always serializes: its keys are strings.
+fn pretty(v: Value) -> String {
+    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+}
+
 /// Every side file of a folder and its contents.
-fn side_files(compiled: &Compiled) -> Result<Vec<(&'static str, String)>> {
-    let config = &compiled.config;
-    // A `Value` always serializes: its keys are strings.
-    let pretty = |v: Value| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+fn side_files(model: &FolderModel) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let files = match model.config {
+        ModelConfig::Gpt2(config) => gpt2_side_files(config, model.options)?,
+        _ => rope_side_files(model)?,
+    };
+    Ok(files.into_iter().map(|(name, text)| (name, text.into_bytes())).collect())
+}
+
+/// GPT-2's side files, as gptc has always written them.
+fn gpt2_side_files(
+    config: &gptc_graph::GptConfig,
+    options: GraphOptions,
+) -> Result<Vec<(&'static str, String)>> {
     let compact = |v: Value| serde_json::to_string(&v).unwrap_or_default();
     let mut files = vec![
-        ("config.json", pretty(config_json(compiled))),
+        ("config.json", pretty(config_json(config, options))),
         ("generation_config.json", pretty(generation_config_json())),
         ("genai_config.json", pretty(genai_config_json(config))),
     ];
@@ -436,8 +492,7 @@ fn side_files(compiled: &Compiled) -> Result<Vec<(&'static str, String)>> {
     Ok(files)
 }
 
-fn config_json(compiled: &Compiled) -> Value {
-    let c = &compiled.config;
+fn config_json(c: &gptc_graph::GptConfig, options: GraphOptions) -> Value {
     json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -457,20 +512,211 @@ fn config_json(compiled: &Compiled) -> Value {
         "initializer_range": 0.02,
         "bos_token_id": END_OF_TEXT,
         "eos_token_id": END_OF_TEXT,
-        "use_cache": compiled.options.kv_cache,
-        "tie_word_embeddings": compiled.options.tie_weights,
-        "torch_dtype": match compiled.options.precision {
-            gptc_graph::Precision::F32 => "float32",
-            gptc_graph::Precision::F16 => "float16",
-        },
-        // transformers.js picks the file by this name (fp32: `onnx/model.onnx`, fp16 would be
-        // `onnx/model_fp16.onnx`); the types come from the graph itself.
-        "transformers.js_config": {
-            "dtype": "fp32",
-            "kv_cache_dtype": match compiled.options.precision {
-                gptc_graph::Precision::F32 => "float32",
-                gptc_graph::Precision::F16 => "float16",
+        "use_cache": options.kv_cache,
+        "tie_word_embeddings": options.tie_weights,
+        "torch_dtype": torch_dtype(options),
+        "transformers.js_config": transformers_js_config(options),
+    })
+}
+
+fn torch_dtype(options: GraphOptions) -> &'static str {
+    match options.precision {
+        gptc_graph::Precision::F32 => "float32",
+        gptc_graph::Precision::F16 => "float16",
+    }
+}
+
+/// transformers.js picks the file by this name (fp32: `onnx/model.onnx`, fp16 would be
+/// `onnx/model_fp16.onnx`); the types come from the graph itself.
+fn transformers_js_config(options: GraphOptions) -> Value {
+    json!({ "dtype": "fp32", "kv_cache_dtype": torch_dtype(options) })
+}
+
+/// The side files of a Llama or Qwen3 folder: transformers' config of the family, the
+/// generation config, onnxruntime-genai's config, and the tokenizer files of the source.
+fn rope_side_files(model: &FolderModel) -> Result<Vec<(&'static str, String)>> {
+    let config = model.config;
+    let (tokenizer, special) =
+        tokenizer::for_model(config.family(), config.vocab_size(), model.tokenizer)?;
+    let mut files = vec![
+        ("config.json", pretty(hf_config_json(config, model.options, &special))),
+        ("generation_config.json", pretty(hf_generation_config_json(&special))),
+        ("genai_config.json", pretty(family_genai_config_json(config, &special))),
+    ];
+    if let Some(tokenizer) = &tokenizer {
+        // The file the tokenizer was read from, and its companions beside it.
+        let Some(path) = tokenizer.file() else {
+            return Ok(files);
+        };
+        files.push((TOKENIZER_JSON, file::read_text_input(path)?));
+        let beside = path.parent().unwrap_or(Path::new("."));
+        for name in TOKENIZER_COMPANIONS {
+            let companion = beside.join(name);
+            if companion.is_file() {
+                files.push((name, file::read_text_input(&companion)?));
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The tokenizer files copied beside `tokenizer.json` when present.
+const TOKENIZER_COMPANIONS: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
+
+/// One id as a number, several as a list, none as null (transformers' forms).
+fn ids_json(ids: &[i64]) -> Value {
+    match ids {
+        [] => Value::Null,
+        [id] => json!(id),
+        ids => json!(ids),
+    }
+}
+
+/// The keys of a RoPE family's config.json that say its architecture (what `check` holds a
+/// folder's config.json to); the others say ids, types and runtime options.
+const HF_ARCHITECTURE_KEYS: [&str; 14] = [
+    "model_type",
+    "architectures",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "tie_word_embeddings",
+];
+
+/// transformers' config.json of a Llama or Qwen3 model, in the form the published checkpoints
+/// have (`rope_theta` and `rope_scaling`, which transformers 4 and 5 both read).
+fn hf_config_json(config: &ModelConfig, options: GraphOptions, special: &SpecialIds) -> Value {
+    let a = config.architecture();
+    let tied = config.head_tied() || options.tie_weights;
+    let mut json = json!({
+        "model_type": a.family.model_type(),
+        "vocab_size": a.vocab_size,
+        "hidden_size": a.emb_dim,
+        "num_hidden_layers": a.n_layers,
+        "num_attention_heads": a.n_heads,
+        "num_key_value_heads": a.n_kv_heads,
+        "head_dim": a.head_dim,
+        "max_position_embeddings": a.context_length,
+        "hidden_act": "silu",
+        "attention_bias": false,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": tied,
+        "bos_token_id": special.bos,
+        // The model's own end; generation_config.json lists every id that ends generation
+        // (as Qwen3's published files do).
+        "eos_token_id": special.eos.first(),
+        "use_cache": options.kv_cache,
+        "torch_dtype": torch_dtype(options),
+        "transformers.js_config": transformers_js_config(options),
+    });
+    let extra = match config {
+        ModelConfig::Llama(c) => json!({
+            "architectures": ["LlamaForCausalLM"],
+            "intermediate_size": c.hidden_dim,
+            "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope_base,
+            "rope_scaling": c.rope_freq.as_ref().map(|f| json!({
+                "rope_type": "llama3",
+                "factor": f.factor,
+                "low_freq_factor": f.low_freq_factor,
+                "high_freq_factor": f.high_freq_factor,
+                "original_max_position_embeddings": f.original_context_length,
+            })),
+            "mlp_bias": false,
+            "pretraining_tp": 1,
+        }),
+        ModelConfig::Qwen3(c) => json!({
+            "architectures": ["Qwen3ForCausalLM"],
+            "intermediate_size": c.hidden_dim,
+            "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope_base,
+            "rope_scaling": null,
+            "use_sliding_window": false,
+            "sliding_window": null,
+            "max_window_layers": a.n_layers,
+        }),
+        ModelConfig::Gpt2(_) => json!({}),
+    };
+    if let (Some(json), Value::Object(extra)) = (json.as_object_mut(), extra) {
+        json.extend(extra);
+        if let Some(pad) = special.pad {
+            json.insert("pad_token_id".into(), json!(pad));
+        }
+    }
+    json
+}
+
+fn hf_generation_config_json(special: &SpecialIds) -> Value {
+    let mut json = json!({
+        "bos_token_id": special.bos,
+        "eos_token_id": ids_json(&special.eos),
+        "do_sample": false,
+    });
+    if let (Some(json), Some(pad)) = (json.as_object_mut(), special.pad) {
+        json.insert("pad_token_id".into(), json!(pad));
+    }
+    json
+}
+
+/// onnxruntime-genai's config of a Llama or Qwen3 model: the type its model builder writes for
+/// the architecture (`llama`, `qwen3`), the cache of `n_kv_groups` heads, gptc's I/O names.
+fn family_genai_config_json(config: &ModelConfig, special: &SpecialIds) -> Value {
+    use gptc_graph::names::KvPart;
+    let a = config.architecture();
+    // genai needs ids here: a model without a tokenizer gets id 0, which it never stops at
+    // (generation runs to max_length), and pads with the end id as its builder does.
+    let eos = if special.eos.is_empty() { json!(0) } else { ids_json(&special.eos) };
+    let pad = special.pad.or(special.eos.first().copied()).unwrap_or(0);
+    json!({
+        "model": {
+            "type": a.family.model_type(),
+            "bos_token_id": special.bos.unwrap_or(0),
+            "eos_token_id": eos,
+            "pad_token_id": pad,
+            "context_length": a.context_length,
+            "vocab_size": a.vocab_size,
+            "decoder": {
+                "filename": MODEL_FILE,
+                "session_options": { "log_id": "onnxruntime-genai", "provider_options": [] },
+                "head_size": a.head_dim,
+                "hidden_size": a.emb_dim,
+                "num_attention_heads": a.n_heads,
+                "num_key_value_heads": a.n_kv_heads,
+                "num_hidden_layers": a.n_layers,
+                "inputs": {
+                    "input_ids": names::INPUT_IDS,
+                    "attention_mask": names::ATTENTION_MASK,
+                    "position_ids": names::POSITION_IDS,
+                    "past_key_names": names::past("%d", KvPart::Key),
+                    "past_value_names": names::past("%d", KvPart::Value),
+                },
+                "outputs": {
+                    "logits": names::LOGITS,
+                    "present_key_names": names::present("%d", KvPart::Key),
+                    "present_value_names": names::present("%d", KvPart::Value),
+                },
             },
+        },
+        "search": {
+            "do_sample": false,
+            "max_length": a.context_length,
+            "min_length": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": false,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
         },
     })
 }
@@ -598,8 +844,94 @@ fn tokenizer_config_json(c: &gptc_graph::GptConfig) -> Value {
 }
 
 /// Checks that a folder's side files agree with the graph's config (dims, vocabulary, end of
-/// text, layer count, the model's place); names the first mismatch.
-pub fn check_side_files(dir: &Path, config: &gptc_graph::GptConfig) -> Result<()> {
+/// text, layer count, the model's place; for Llama and Qwen3, every architecture key of
+/// config.json, genai's decoder, and that tokenizer.json's ids fit the vocabulary); names the
+/// first mismatch.
+pub fn check_side_files(dir: &Path, config: impl Into<ModelConfig>) -> Result<()> {
+    match config.into() {
+        ModelConfig::Gpt2(config) => check_gpt2_side_files(dir, &config),
+        config => check_rope_side_files(dir, &config),
+    }
+}
+
+fn read_json(dir: &Path, name: &str) -> Result<Value> {
+    let path = dir.join(name);
+    let text = file::read_text_input(&path)?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Model(format!("{}: not JSON ({e})", path.display())))
+}
+
+/// Checks that `found` holds `wanted`'s value at each of `pointers`.
+fn expect_same(
+    dir: &Path,
+    file_name: &str,
+    found: &Value,
+    wanted: &Value,
+    pointers: &[String],
+) -> Result<()> {
+    for pointer in pointers {
+        let (found, wanted) = (found.pointer(pointer), wanted.pointer(pointer));
+        let (found, wanted) =
+            (found.cloned().unwrap_or(Value::Null), wanted.cloned().unwrap_or(Value::Null));
+        if !same_json(&found, &wanted) {
+            return Err(Error::Model(format!(
+                "{}: {pointer} is {found}, but the graph has {wanted}",
+                dir.join(file_name).display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Equal JSON, numbers compared as numbers (`1e-05` and `0.00001`, `10000` and `10000.0`).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        (x, y) => x == y,
+    }
+}
+
+fn check_rope_side_files(dir: &Path, config: &ModelConfig) -> Result<()> {
+    let options = GraphOptions::default();
+    let special = SpecialIds::default();
+    let pointers = |keys: &[&str], prefix: &str| -> Vec<String> {
+        keys.iter().map(|k| format!("{prefix}/{k}")).collect()
+    };
+    let hf = read_json(dir, "config.json")?;
+    let wanted = hf_config_json(config, options, &special);
+    // Not `tie_word_embeddings`: an export option ties a head the config leaves untied, and
+    // the file's metadata keeps the config.
+    let mut keys = HF_ARCHITECTURE_KEYS.to_vec();
+    keys.retain(|k| *k != "tie_word_embeddings");
+    expect_same(dir, "config.json", &hf, &wanted, &pointers(&keys, ""))?;
+    let genai = read_json(dir, "genai_config.json")?;
+    let wanted = family_genai_config_json(config, &special);
+    let decoder = [
+        "filename",
+        "head_size",
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "num_hidden_layers",
+    ];
+    let mut genai_pointers = pointers(&["type", "vocab_size", "context_length"], "/model");
+    genai_pointers.extend(pointers(&decoder, "/model/decoder"));
+    expect_same(dir, "genai_config.json", &genai, &wanted, &genai_pointers)?;
+    read_json(dir, "generation_config.json")?;
+    let tokenizer_path = dir.join(TOKENIZER_JSON);
+    if tokenizer_path.exists() {
+        Tokenizer::from_file(&tokenizer_path)?.check_fits(config.vocab_size())?;
+    }
+    check_manifest(dir)
+}
+
+fn check_gpt2_side_files(dir: &Path, config: &gptc_graph::GptConfig) -> Result<()> {
     let read = |name: &str| -> Result<Value> {
         let path = dir.join(name);
         let text = file::read_text_input(&path)?;

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use gptc_graph::architecture::FeedForward;
 use gptc_graph::onnx::{DataType, Dim, ModelProto, TensorProto, ValueInfoProto};
-use gptc_graph::{names, GptConfig, ParameterCount};
+use gptc_graph::{names, ModelConfig, ParameterCount, WeightDtype};
 
 use crate::{Error, Result};
 
@@ -27,30 +28,83 @@ pub fn thousands_wide(n: u128) -> String {
 }
 
 /// The config in one line.
-pub fn config_line(config: &GptConfig) -> String {
-    format!(
-        "config: vocab {} context {} emb {} heads {} layers {} drop {} qkv_bias {}\n",
-        config.vocab_size,
-        config.context_length,
-        config.emb_dim,
-        config.n_heads,
-        config.n_layers,
-        config.drop_rate,
-        config.qkv_bias
-    )
+pub fn config_line(config: &ModelConfig) -> String {
+    match config {
+        ModelConfig::Gpt2(config) => format!(
+            "config: vocab {} context {} emb {} heads {} layers {} drop {} qkv_bias {}\n",
+            config.vocab_size,
+            config.context_length,
+            config.emb_dim,
+            config.n_heads,
+            config.n_layers,
+            config.drop_rate,
+            config.qkv_bias
+        ),
+        other => {
+            let a = other.architecture();
+            let extra = match other {
+                ModelConfig::Llama(c) => match &c.rope_freq {
+                    Some(f) => format!(
+                        " rope_freq (factor {}, low {}, high {}, from {})",
+                        f.factor, f.low_freq_factor, f.high_freq_factor, f.original_context_length
+                    ),
+                    None => String::new(),
+                },
+                ModelConfig::Qwen3(c) => format!(" qk_norm {}", c.qk_norm),
+                ModelConfig::Gpt2(_) => String::new(),
+            };
+            let (rope_base, eps, dtype) = match other {
+                ModelConfig::Llama(c) => (c.rope_base, c.rms_norm_eps, c.dtype),
+                ModelConfig::Qwen3(c) => (c.rope_base, c.rms_norm_eps, c.dtype),
+                ModelConfig::Gpt2(_) => unreachable!("matched above"),
+            };
+            let hidden = match a.feed_forward {
+                FeedForward::GeluTanh { hidden } | FeedForward::SwiGlu { hidden } => hidden,
+            };
+            format!(
+                "config: {} vocab {} context {} emb {} heads {} kv_groups {} head_dim {} hidden {} layers {} rope_base {rope_base}{extra} rms_norm_eps {eps} dtype {} tied {}\n",
+                other.family().model_type(),
+                a.vocab_size,
+                a.context_length,
+                a.emb_dim,
+                a.n_heads,
+                a.n_kv_heads,
+                a.head_dim,
+                hidden,
+                a.n_layers,
+                dtype.name(),
+                other.head_tied()
+            )
+        }
+    }
+}
+
+/// Rows of a table, labels left and values right, aligned.
+fn table(mut rows: Vec<(String, String)>) -> String {
+    rows.insert(0, ("part".into(), "parameters".into()));
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let value_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (label, value) in rows {
+        let _ = writeln!(out, "{label:<width$}  {value:>value_width$}");
+    }
+    out
 }
 
 /// The book's accounting as a table. Sums are taken in `u128`: each part of a valid config
-/// fits `usize`, but many layers of a wide one add up past it.
-pub fn parameter_table(config: &GptConfig) -> String {
-    let c = ParameterCount::of(config);
+/// fits `usize`, but many layers of a wide one add up past it. Llama's and Qwen3's end with
+/// the count transformers gives (the head once when tied) and what the weights take in each
+/// dtype.
+pub fn parameter_table(config: &ModelConfig) -> String {
+    let ModelConfig::Gpt2(gpt2) = config else { return rope_table(config) };
+    let c = ParameterCount::of(gpt2);
     let wide = |n: usize| n as u128;
     let per_block =
         wide(c.per_block_attention) + wide(c.per_block_feed_forward) + wide(c.per_block_norms);
     let blocks = wide(c.n_blocks) * per_block;
     let tied = wide(c.token_embedding) + wide(c.position_embedding) + blocks + wide(c.final_norm);
     let total = tied + wide(c.output_head);
-    let mut rows: Vec<(String, String)> = vec![
+    table(vec![
         ("token embedding (wte)".into(), thousands(c.token_embedding)),
         ("position embedding (wpe)".into(), thousands(c.position_embedding)),
         (format!("per block (x{})", c.n_blocks), String::new()),
@@ -64,15 +118,52 @@ pub fn parameter_table(config: &GptConfig) -> String {
         ("total".into(), thousands_wide(total)),
         ("total with weight tying".into(), thousands_wide(tied)),
         ("size in float32".into(), format!("{:.2} MB", (total * 4) as f64 / (1024.0 * 1024.0))),
+    ])
+}
+
+fn rope_table(config: &ModelConfig) -> String {
+    let arch = config.architecture();
+    let c = arch.parameter_count();
+    let names = arch.names;
+    let wide = |n: usize| n as u128;
+    let per_block =
+        wide(c.per_block_attention) + wide(c.per_block_feed_forward) + wide(c.per_block_norms);
+    let blocks = wide(c.n_blocks) * per_block;
+    let tied = wide(c.token_embedding) + blocks + wide(c.final_norm);
+    let total = tied + wide(c.output_head);
+    let stored = if config.head_tied() { tied } else { total };
+    let module = |name: &str| name.trim_end_matches(".weight").to_string();
+    let mut rows: Vec<(String, String)> = vec![
+        (
+            format!("token embedding ({})", module(names.token_embedding)),
+            thousands(c.token_embedding),
+        ),
+        (format!("per block (x{})", c.n_blocks), String::new()),
+        ("  attention".into(), thousands(c.per_block_attention)),
+        ("  feed-forward (SwiGLU)".into(), thousands(c.per_block_feed_forward)),
+        ("  RMS norms".into(), thousands(c.per_block_norms)),
+        ("  block total".into(), thousands_wide(per_block)),
+        (format!("all {} blocks", c.n_blocks), thousands_wide(blocks)),
+        (format!("final norm ({})", names.final_norm), thousands(c.final_norm)),
+        (format!("output head ({})", module(names.output_head)), thousands(c.output_head)),
+        ("total".into(), thousands_wide(total)),
+        ("total with weight tying".into(), thousands_wide(tied)),
+        (
+            format!(
+                "as transformers counts it ({})",
+                if config.head_tied() { "tied head" } else { "untied head" }
+            ),
+            thousands_wide(stored),
+        ),
     ];
-    rows.insert(0, ("part".into(), "parameters".into()));
-    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let value_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
-    let mut out = String::new();
-    for (label, value) in rows {
-        let _ = writeln!(out, "{label:<width$}  {value:>value_width$}");
+    for dtype in WeightDtype::ALL {
+        let bytes = stored * dtype.bytes() as u128;
+        rows.push((
+            format!("size in {}", dtype.name()),
+            format!("{:.2} MB", bytes as f64 / (1024.0 * 1024.0)),
+        ));
     }
-    out
+    table(rows)
 }
 
 fn signature(v: &ValueInfoProto) -> String {
@@ -97,14 +188,17 @@ enum Part {
     Scales,
 }
 
-/// The weights of a model, and what each is: float initializers of rank >= 1 (scalars and
-/// int64 shapes are constants of the graph's logic) and 4-bit blocks.
+/// The weights of a model, and what each is: float initializers of rank >= 1 (scalars, int64
+/// shapes and the builder's constants are the graph's logic) and 4-bit blocks.
 fn weight_tensors(model: &ModelProto) -> Vec<(&TensorProto, Part)> {
     let Some(graph) = &model.graph else { return Vec::new() };
     let float = [DataType::Float as i32, DataType::Float16 as i32];
     graph
         .initializer
         .iter()
+        // The builder's constants (`const.N`: RoPE's frequencies among them) are the graph's
+        // arithmetic, computed from the config, not parameters.
+        .filter(|t| !t.name.starts_with("const."))
         .filter_map(|t| {
             let part = if t.name.ends_with(names::INT4_BLOCKS_SUFFIX) {
                 Part::Int4
@@ -225,6 +319,7 @@ pub fn file_report(model: &ModelProto) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gptc_graph::GptConfig;
 
     #[test]
     fn thousands_groups_digits() {
@@ -286,7 +381,7 @@ mod tests {
         let e = 1u128 << 28;
         let blocks = 1000 * (12 * e * e + 10 * e);
         let total = 50257 * e + 1024 * e + blocks + 2 * e + e * 50257;
-        let table = parameter_table(&config);
+        let table = parameter_table(&ModelConfig::from(config));
         assert!(table.contains(&thousands_wide(blocks)), "{table}");
         assert!(table.contains(&thousands_wide(total)), "{table}");
         assert!(table.contains(&thousands_wide(total - e * 50257)), "{table}");
@@ -294,7 +389,7 @@ mod tests {
 
     #[test]
     fn table_shows_the_books_totals() {
-        let table = parameter_table(&GptConfig::preset("gpt2-small").unwrap());
+        let table = parameter_table(&ModelConfig::preset("gpt2-small").unwrap());
         assert!(table.contains("163,009,536"));
         assert!(table.contains("124,412,160"));
         assert!(table.contains("621.83 MB"));

@@ -1,4 +1,4 @@
-//! gptc: GPT-2 compiled to ONNX, and text generated with it on tract or ONNX Runtime.
+//! gptc: GPT-2, Llama 3.2 and Qwen3 compiled to ONNX, and text generated with them on tract or ONNX Runtime.
 //!
 //! Knows runtimes, not ONNX internals: graphs come from the `gptc-graph` crate. Everything the
 //! `gptc` command does is a call here:

@@ -3,7 +3,8 @@
 
 use std::ops::Range;
 
-use gptc_graph::{GptConfig, ParameterCount, Precision};
+use gptc_graph::architecture::FeedForward;
+use gptc_graph::{Family, ModelConfig, Precision};
 
 use crate::{Error, Result};
 
@@ -41,19 +42,25 @@ fn sum(terms: &[u64]) -> u64 {
 }
 
 /// What building and loading a model of `config` takes: every weight (float32 while built),
-/// and the `[context, context]` causal table, held by the file and by the runtime, times the
-/// load factor.
-pub fn model_bytes(config: &GptConfig, precision: Precision) -> u64 {
+/// times the load factor; for GPT-2, also the `[context, context]` causal table that its files
+/// of earlier gptc versions hold (the RoPE families never stored one).
+pub fn model_bytes(config: &ModelConfig, precision: Precision) -> u64 {
     let weights = product(&[parameters(config), 4.max(precision.bytes() as u64)]);
-    let context = config.context_length as u64;
-    let mask_table = product(&[context, context]);
+    let context = config.context_length() as u64;
+    let mask_table = match config.family() {
+        Family::Gpt2 => product(&[context, context]),
+        Family::Llama | Family::Qwen3 => 0,
+    };
     product(&[sum(&[weights, mask_table]), LOAD_FACTOR])
 }
 
-/// The book's parameter total, saturating: a config whose count overflows needs more memory
-/// than any machine has.
-fn parameters(config: &GptConfig) -> u64 {
-    let c = ParameterCount::of(config);
+/// The parameter total (a head its config ties counted once), saturating: a config whose
+/// count overflows needs more memory than any machine has.
+fn parameters(config: &ModelConfig) -> u64 {
+    let mut c = config.parameter_count();
+    if config.head_tied() {
+        c.output_head = 0;
+    }
     let per_block = sum(&[
         c.per_block_attention as u64,
         c.per_block_feed_forward as u64,
@@ -82,20 +89,29 @@ pub enum LogitPositions {
 /// one layer's attention scores (float32, and the additive mask beside them), the activations
 /// of the widest layer, and the logits of the `returned` positions a run gives back per row.
 pub fn run_bytes(
-    config: &GptConfig,
+    config: &ModelConfig,
     precision: Precision,
     batch: usize,
     positions: usize,
     returned: usize,
 ) -> u64 {
-    let context = config.context_length;
+    let arch = config.architecture();
+    let context = arch.context_length;
     let (b, t) = (batch as u64, positions.min(context) as u64);
-    let (e, layers, heads) = (config.emb_dim as u64, config.n_layers as u64, config.n_heads as u64);
-    let cache = product(&[2, layers, b, t, e, precision.bytes() as u64, 2]);
+    let (layers, heads) = (arch.n_layers as u64, arch.n_heads as u64);
+    // The cache holds the key/value heads only (GPT-2: all heads, emb_dim wide).
+    let kv_width = product(&[arch.n_kv_heads as u64, arch.head_dim as u64]);
+    let cache = product(&[2, layers, b, t, kv_width, precision.bytes() as u64, 2]);
     let scores = sum(&[product(&[b, heads, t, t, 4, 2]), product(&[b, t, t, 4])]);
-    let activations = product(&[b, t, 4, e, 4, 3]);
+    // The widest activation: the feed-forward's inner width (GPT-2: 4 emb_dim), or the
+    // queries of all heads where they are wider.
+    let inner = match arch.feed_forward {
+        FeedForward::GeluTanh { hidden } | FeedForward::SwiGlu { hidden } => hidden as u64,
+    };
+    let widest = inner.max(product(&[heads, arch.head_dim as u64]));
+    let activations = product(&[b, t, widest, 4, 3]);
     let returned = returned.min(context) as u64;
-    let logits = product(&[b, returned, config.vocab_size as u64, 4, LOGITS_COPIES]);
+    let logits = product(&[b, returned, arch.vocab_size as u64, 4, LOGITS_COPIES]);
     sum(&[cache, scores, activations, logits])
 }
 
@@ -113,8 +129,8 @@ pub struct GenerationShape {
 impl GenerationShape {
     /// What running the rows of one chunk takes: `rows` prompts, padded to `longest` tokens,
     /// each growing by the new tokens (within the context).
-    pub fn chunk_bytes(&self, config: &GptConfig, rows: usize, longest: usize) -> u64 {
-        let context = config.context_length;
+    pub fn chunk_bytes(&self, config: &ModelConfig, rows: usize, longest: usize) -> u64 {
+        let context = config.context_length();
         let last_window = longest.saturating_add(self.max_new_tokens - self.max_new_tokens.min(1));
         let positions = longest.saturating_add(self.max_new_tokens);
         // The widest run: with a cache, the prefill of the prompts, or of whole context
@@ -133,10 +149,10 @@ impl GenerationShape {
     }
 
     /// What the whole generation keeps beside its runs: each row's kept logits.
-    pub fn kept_bytes(&self, config: &GptConfig, rows: usize) -> u64 {
+    pub fn kept_bytes(&self, config: &ModelConfig, rows: usize) -> u64 {
         match self.keep_logits {
             true => {
-                product(&[rows as u64, self.max_new_tokens as u64, config.vocab_size as u64, 4])
+                product(&[rows as u64, self.max_new_tokens as u64, config.vocab_size() as u64, 4])
             }
             false => 0,
         }
@@ -147,7 +163,7 @@ impl GenerationShape {
     /// rows cannot fit even one at a time. Unknown availability runs one chunk.
     pub fn chunks(
         &self,
-        config: &GptConfig,
+        config: &ModelConfig,
         lengths: &[usize],
         available: Option<u64>,
     ) -> Result<Vec<Range<usize>>> {
@@ -196,6 +212,7 @@ pub fn fits_within(needed: u64, available: Option<u64>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gptc_graph::GptConfig;
 
     fn tiny() -> GptConfig {
         GptConfig {
@@ -220,8 +237,8 @@ mod tests {
 
     #[test]
     fn every_positions_logits_grow_with_positions_times_vocabulary() {
-        let config = tiny();
-        let vocab = config.vocab_size as u64;
+        let config = ModelConfig::from(tiny());
+        let vocab = config.vocab_size() as u64;
         let every = shape(LogitPositions::Every);
         let last = shape(LogitPositions::Last);
         // A default export returns 1,000 rows of 14 positions: 14,000 rows of the vocabulary.
@@ -232,7 +249,7 @@ mod tests {
         let longer = every.chunk_bytes(&config, 1000, 15) - last.chunk_bytes(&config, 1000, 15);
         assert_eq!(longer - logits, 1000 * vocab * 4 * LOGITS_COPIES);
         // A wider vocabulary costs every position of every row.
-        let wide = GptConfig { vocab_size: 2 * config.vocab_size, ..config.clone() };
+        let wide = ModelConfig::from(GptConfig { vocab_size: 2 * config.vocab_size(), ..tiny() });
         let wider = every.chunk_bytes(&wide, 1000, 14) - every.chunk_bytes(&config, 1000, 14);
         assert_eq!(wider, 1000 * 14 * vocab * 4 * LOGITS_COPIES);
         // Once the cache would outgrow the context, whole windows are prefilled again.
@@ -252,16 +269,17 @@ mod tests {
             n_layers: usize::MAX,
             ..tiny()
         };
+        let huge = ModelConfig::from(huge);
         assert_eq!(model_bytes(&huge, Precision::F32), u64::MAX);
         let run = run_bytes(&huge, Precision::F32, usize::MAX, usize::MAX, 1);
         assert_eq!(run, u64::MAX);
-        let layers = GptConfig { n_layers: usize::MAX / 1000, ..tiny() };
+        let layers = ModelConfig::from(GptConfig { n_layers: usize::MAX / 1000, ..tiny() });
         assert!(model_bytes(&layers, Precision::F32) > 1 << 60);
     }
 
     #[test]
     fn a_batch_is_split_into_the_largest_chunks_that_fit() {
-        let config = tiny();
+        let config = ModelConfig::from(tiny());
         let every = shape(LogitPositions::Every);
         let lengths = vec![4; 1000];
         let ten = every.chunk_bytes(&config, 10, 4);
@@ -280,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_chunk_is_padded_to_its_longest_prompt() {
-        let config = tiny();
+        let config = ModelConfig::from(tiny());
         let every = shape(LogitPositions::Every);
         let budget = every.chunk_bytes(&config, 2, 40);
         let short = every.chunks(&config, &[4, 4, 4, 4], Some(budget)).unwrap();
@@ -292,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_batch_that_cannot_fit_one_row_at_a_time_is_refused() {
-        let config = tiny();
+        let config = ModelConfig::from(tiny());
         let every = shape(LogitPositions::Every);
         let one = every.chunk_bytes(&config, 1, 30);
         let err = every.chunks(&config, &[4, 30, 4], Some(one - 1)).unwrap_err();
@@ -305,11 +323,35 @@ mod tests {
 
     #[test]
     fn without_a_cache_rows_run_one_at_a_time() {
-        let config = tiny();
+        let config = ModelConfig::from(tiny());
         let plain = GenerationShape { kv_cache: false, ..shape(LogitPositions::Every) };
         let one = plain.chunk_bytes(&config, 1, 4);
         assert_eq!(plain.chunk_bytes(&config, 1000, 4), one);
         assert_eq!(plain.chunks(&config, &vec![4; 1000], Some(one)).unwrap(), whole(1000));
+    }
+
+    /// Grouped-query attention: the cache holds `n_kv_groups` heads of `head_dim`, not
+    /// `emb_dim` per position; the RoPE families store no causal table.
+    #[test]
+    fn the_cache_of_grouped_attention_holds_its_kv_heads_only() {
+        let llama = |n_kv_groups| {
+            let ModelConfig::Llama(mut c) = ModelConfig::preset("llama3.2-1b").unwrap() else {
+                unreachable!()
+            };
+            (c.emb_dim, c.n_heads, c.n_layers, c.context_length) = (64, 4, 2, 1 << 20);
+            c.n_kv_groups = n_kv_groups;
+            ModelConfig::Llama(c)
+        };
+        let (b, t, layers, head_dim) = (3u64, 10u64, 2u64, 16u64);
+        let run = |groups| run_bytes(&llama(groups), Precision::F32, 3, 10, 1);
+        // Two more kv heads: keys and values of each layer, in the kv cache and its copy.
+        assert_eq!(run(4) - run(2), 2 * layers * b * t * 2 * head_dim * 4 * 2);
+        // A context of 2^20 positions adds nothing to the model: no [context, context] table.
+        let short = ModelConfig::Llama(match llama(2) {
+            ModelConfig::Llama(c) => gptc_graph::LlamaConfig { context_length: 64, ..c },
+            _ => unreachable!(),
+        });
+        assert_eq!(model_bytes(&llama(2), Precision::F32), model_bytes(&short, Precision::F32));
     }
 
     #[test]

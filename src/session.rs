@@ -4,14 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use gptc_graph::GptConfig;
+use gptc_graph::{Family, ModelConfig};
 
 use crate::generate::{generate, Next};
 use crate::memory::{self, GenerationShape};
 use crate::runtime::Runtime;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::stream::Utf8Stream;
-use crate::tokenizer::{Tokenizer, END_OF_TEXT, GPT2_VOCAB_SIZE};
+use crate::tokenizer::{SpecialIds, Tokenizer, TokenizerSources};
 use crate::{Error, Result};
 
 /// How to generate.
@@ -135,8 +135,11 @@ pub struct Stats {
 /// Generates with one runtime and one model config.
 pub struct Session<'r> {
     runtime: &'r mut dyn Runtime,
-    config: GptConfig,
-    tokenizer: Tokenizer,
+    config: ModelConfig,
+    /// None: the model runs with token ids only.
+    tokenizer: Option<Tokenizer>,
+    /// The ids that end a row's generation (with `stop_at_eos`).
+    eos: Vec<i64>,
     settings: GenerationSettings,
     /// What a run may plan for at most; the machine's available memory bounds it either way.
     memory_limit: Option<u64>,
@@ -145,50 +148,78 @@ pub struct Session<'r> {
 impl<'r> Session<'r> {
     pub fn new(
         runtime: &'r mut dyn Runtime,
-        config: &GptConfig,
+        config: &ModelConfig,
         settings: GenerationSettings,
     ) -> Result<Session<'r>> {
         settings.validate()?;
         Ok(Session {
             runtime,
             config: config.clone(),
-            tokenizer: Tokenizer::gpt2(),
+            // GPT-2's BPE where it fits; another family has none until one is given
+            // (`with_tokenizer`): its ids are not GPT-2's tokens, whatever their number.
+            tokenizer: Tokenizer::for_model(
+                config.family(),
+                config.vocab_size(),
+                TokenizerSources::default(),
+            )?,
+            eos: match config.family() {
+                Family::Gpt2 => SpecialIds::gpt2().eos,
+                _ => Vec::new(),
+            },
             settings,
             memory_limit: None,
         })
     }
 
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Another tokenizer (a model's own, `--tokenizer FILE`; None: ids only) and the ids that
+    /// end generation; a tokenizer that does not fit the model's vocabulary is refused.
+    pub fn with_tokenizer(
+        mut self,
+        tokenizer: Option<Tokenizer>,
+        special: &SpecialIds,
+    ) -> Result<Session<'r>> {
+        if let Some(tokenizer) = &tokenizer {
+            tokenizer.check_fits(self.config.vocab_size())?;
+        }
+        self.tokenizer = tokenizer;
+        self.eos = special.eos.clone();
+        Ok(self)
     }
 
     pub fn runtime_name(&self) -> String {
         self.runtime.name()
     }
 
-    /// Whether ids can be shown as text: the model's vocabulary is GPT-2's BPE (or a part).
+    /// Whether ids can be shown as text: the model has a tokenizer that fits its vocabulary.
     pub fn decodes_text(&self) -> bool {
-        self.config.vocab_size <= GPT2_VOCAB_SIZE
+        self.tokenizer.is_some()
     }
 
     /// The ids of each prompt, checked: none empty, every id in the model's vocabulary. With
     /// `allow_special`, `<|endoftext|>` in a text is the special token.
     pub fn encode(&self, prompts: &[Prompt], allow_special: bool) -> Result<Vec<Vec<i64>>> {
         check_prompts(prompts)?;
-        let vocab = self.config.vocab_size;
+        let vocab = self.config.vocab_size();
         prompts
             .iter()
             .enumerate()
             .map(|(i, prompt)| {
                 let ids = match prompt {
                     Prompt::Ids(ids) => ids.clone(),
-                    Prompt::Text(_) if !self.decodes_text() => {
-                        return Err(Error::Usage(format!(
-                            "the model's vocabulary ({vocab}) is larger than GPT-2's BPE ({GPT2_VOCAB_SIZE}): give token ids"
-                        )))
-                    }
-                    Prompt::Text(text) if allow_special => self.tokenizer.encode_with_special(text),
-                    Prompt::Text(text) => self.tokenizer.encode(text),
+                    Prompt::Text(text) => match &self.tokenizer {
+                        None => {
+                            return Err(Error::Usage(format!(
+                                "the model has no tokenizer for its vocabulary ({vocab}): give \
+                                 token ids (--ids) or a tokenizer.json (--tokenizer FILE)"
+                            )))
+                        }
+                        Some(tokenizer) if allow_special => tokenizer.encode_with_special(text)?,
+                        Some(tokenizer) => tokenizer.encode(text)?,
+                    },
                 };
                 if ids.is_empty() {
                     return Err(Error::Usage(format!(
@@ -233,7 +264,7 @@ impl<'r> Session<'r> {
         prompts: &[Vec<i64>],
         mut on_event: impl FnMut(Event) -> Result<()>,
     ) -> Result<(Vec<Completion>, Stats)> {
-        let context = self.config.context_length;
+        let context = self.config.context_length();
         let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
         let available = match (self.memory_limit, memory::available_bytes()) {
             (Some(limit), Some(machine)) => Some(limit.min(machine)),
@@ -245,18 +276,16 @@ impl<'r> Session<'r> {
                 on_event(Event::Cropped { row, tokens: prompt.len(), context })?;
             }
         }
-        let decode_text = self.decodes_text();
-        let Session { runtime, tokenizer, settings, .. } = self;
+        let Session { runtime, tokenizer, settings, eos, .. } = self;
         let mut rows: Vec<Completion> = prompts
             .iter()
             .map(|prompt| {
                 Ok(Completion {
                     prompt_ids: prompt.clone(),
                     output_ids: Vec::new(),
-                    prompt_text: if decode_text {
-                        tokenizer.decode(prompt)?
-                    } else {
-                        String::new()
+                    prompt_text: match tokenizer {
+                        Some(tokenizer) => tokenizer.decode_model_ids(prompt)?,
+                        None => String::new(),
                     },
                     new_text: String::new(),
                     unstreamed: String::new(),
@@ -300,13 +329,13 @@ impl<'r> Session<'r> {
                         rows[row].step_logits.push(logits.to_vec());
                     }
                     let id = samplers[in_chunk].pick(logits);
-                    if settings.stop_at_eos && id == END_OF_TEXT {
+                    if settings.stop_at_eos && eos.contains(&id) {
                         return Ok(Next::Stop);
                     }
                     new_tokens += 1;
-                    let piece = match decode_text {
-                        true => streams[row].push(&tokenizer.decode_bytes(&[id])?),
-                        false => String::new(),
+                    let piece = match tokenizer {
+                        Some(tokenizer) => streams[row].push(&tokenizer.model_token_bytes(id)?),
+                        None => String::new(),
                     };
                     let text = &mut rows[row].new_text;
                     text.push_str(&piece);
@@ -357,6 +386,7 @@ mod tests {
 
     use super::*;
     use crate::runtime::{LogitPositions, Step};
+    use crate::tokenizer::{END_OF_TEXT, GPT2_VOCAB_SIZE};
 
     /// A cached model whose greedy choice for row `r` at step `s` is `script[r][s]`.
     struct Scripted {
@@ -513,8 +543,8 @@ mod tests {
         }
     }
 
-    fn config() -> GptConfig {
-        GptConfig {
+    fn config() -> ModelConfig {
+        ModelConfig::Gpt2(gptc_graph::GptConfig {
             vocab_size: GPT2_VOCAB_SIZE,
             context_length: 32,
             emb_dim: 8,
@@ -522,7 +552,7 @@ mod tests {
             n_layers: 1,
             drop_rate: 0.0,
             qkv_bias: false,
-        }
+        })
     }
 
     /// Runs `script` greedily on one prompt per row; returns the completions and, per row, the
@@ -550,7 +580,7 @@ mod tests {
     }
 
     fn ids(text: &str) -> Vec<i64> {
-        Tokenizer::gpt2().encode(text)
+        Tokenizer::gpt2().encode(text).unwrap()
     }
 
     fn settings(max_new_tokens: usize) -> GenerationSettings {
@@ -592,6 +622,35 @@ mod tests {
         };
         assert!(sampling.clone().eos_by_default(None).stop_at_eos);
         assert!(!sampling.eos_by_default(Some(false)).stop_at_eos);
+    }
+
+    #[test]
+    fn every_end_id_of_the_model_stops_a_row_and_without_a_tokenizer_text_is_refused() {
+        // A model whose generation config lists two end ids (as Qwen3's does).
+        let (first_end, second_end) = (ids(" a")[0], ids(" b")[0]);
+        let special = SpecialIds { bos: None, eos: vec![first_end, second_end], pad: None };
+        for end in [first_end, second_end] {
+            let mut runtime =
+                Scripted { script: vec![vec![ids(" x")[0], end, END_OF_TEXT]], step: 0 };
+            let stopping = GenerationSettings { stop_at_eos: true, ..settings(3) };
+            let mut session = Session::new(&mut runtime, &config(), stopping)
+                .unwrap()
+                .with_tokenizer(Some(Tokenizer::gpt2()), &special)
+                .unwrap();
+            let prompts = session.encode(&[Prompt::Text("Hi".into())], false).unwrap();
+            let (rows, _) = session.run(&prompts, |_| Ok(())).unwrap();
+            assert_eq!(rows[0].output_ids, ids(" x"), "end id {end}");
+        }
+        // No tokenizer: ids run, text is one clear error.
+        let mut runtime = Scripted { script: vec![ids(" x")], step: 0 };
+        let session = Session::new(&mut runtime, &config(), settings(1))
+            .unwrap()
+            .with_tokenizer(None, &SpecialIds::default())
+            .unwrap();
+        assert!(!session.decodes_text());
+        assert!(session.encode(&[Prompt::Ids(vec![1])], false).is_ok());
+        let err = session.encode(&[Prompt::Text("Hi".into())], false).unwrap_err().to_string();
+        assert!(err.contains("no tokenizer") && err.contains("--tokenizer FILE"), "{err}");
     }
 
     #[test]

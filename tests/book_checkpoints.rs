@@ -14,7 +14,7 @@ use gptc::model::{compile, ConfigSpec, Weights};
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::{Runtime, Step};
 use gptc_graph::book::{self, Family, Role, SwigluShape};
-use gptc_graph::{file, GraphOptions};
+use gptc_graph::{file, Family as ModelFamily, GraphOptions};
 use ndarray::{Array2, Array3};
 use serde::Deserialize;
 
@@ -519,7 +519,114 @@ fn llama3_and_qwen3_checkpoints_map_onto_transformers_names() {
         let q = views.iter().find(|v| v.name == "trf_blocks.1.att.W_query.weight").unwrap();
         assert_eq!(mapped.0["model.layers.1.self_attn.q_proj.weight"].data, q.to_f32().unwrap());
 
-        // Until the graph builds these families, exporting one says what it is.
+        // Given GPT-2's config, the export says what the file holds.
         refused(&path, &[], &format!("holds the book's {}", kind.class_name()));
     }
+}
+
+/// The book's config for a bonus model, read in its family's keys (`--family`).
+fn family_spec(family: &str) -> ConfigSpec {
+    let model_family = match family {
+        "llama3" => ModelFamily::Llama,
+        _ => ModelFamily::Qwen3,
+    };
+    ConfigSpec {
+        file: Some(fixtures().join(family).join("config.json")),
+        family: Some(model_family),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn llama3_and_qwen3_save_forms_give_pytorchs_logits_and_greedy_ids() {
+    for family in ["llama3", "qwen3"] {
+        let forms = expected(family);
+        for form in ["model.pth", "model_and_optimizer.pth", "model.safetensors"] {
+            let exp = &forms[form];
+            let path = fixtures().join(family).join(form);
+            let mut runtime = compiled_runtime(&path, &family_spec(family), common::PLAIN);
+            let ours = runtime.run(&Step::ids_only(&ids(&exp.ids))).unwrap();
+            let err = relative_error(&ours, &logits(&exp.logits));
+            assert!(err < 1e-4, "{family} {form}: relative error {err}");
+            let mut runtime = compiled_runtime(&path, &family_spec(family), common::CACHE_LAST);
+            let (greedy, _) = common::greedy_with_logits(
+                &mut runtime,
+                std::slice::from_ref(&exp.prompt),
+                exp.greedy.len(),
+                exp.context_size,
+            );
+            assert_eq!(greedy[0], exp.greedy, "{family} {form}");
+        }
+        // The optimizer's step changed the weights: the forms are not one file thrice.
+        assert_ne!(forms["model.pth"].greedy, forms["model_and_optimizer.pth"].greedy, "{family}");
+    }
+}
+
+#[test]
+fn a_books_llama3_or_qwen3_pth_to_generate_in_two_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    for (family, flag) in [("llama3", "llama"), ("qwen3", "qwen3")] {
+        let forms = expected(family);
+        let config = fixtures().join(family).join("config.json");
+        for form in ["model.pth", "model_and_optimizer.pth"] {
+            let exp = &forms[form];
+            let weights = fixtures().join(family).join(form);
+            let onnx = dir.path().join(format!("{family}.onnx"));
+            let mut args = vec!["export", "--weights", weights.to_str().unwrap()];
+            args.extend(["--config", config.to_str().unwrap(), "--family", flag]);
+            args.extend(["-o", onnx.to_str().unwrap()]);
+            assert_success(&gptc(&args));
+            let new = exp.greedy.len().to_string();
+            let prompt = csv(&exp.prompt);
+            let mut generate = vec!["generate", "--model", onnx.to_str().unwrap()];
+            generate.extend(["--ids", &prompt, "--max-new-tokens", &new, "--json"]);
+            for runtime in ["tract", "ort"] {
+                let mut generate = generate.clone();
+                generate.extend(["--runtime", runtime]);
+                let out = gptc(&generate);
+                assert_success(&out);
+                assert_eq!(output_ids(&out), exp.greedy, "{family} {form} {runtime}");
+            }
+            assert_success(&gptc(&["check", onnx.to_str().unwrap()]));
+        }
+
+        // Read in another family's keys, or as another family's checkpoint: refused by name.
+        let other = if flag == "llama" { "qwen3" } else { "llama" };
+        let weights = fixtures().join(family).join("model.pth");
+        let onnx = dir.path().join("refused.onnx");
+        let out = gptc(&[
+            "export",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--family",
+            other,
+            "-o",
+            onnx.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert_eq!(stderr(&out).trim_end().lines().count(), 1, "{}", stderr(&out));
+        assert!(!onnx.exists());
+    }
+    // A Qwen3 config over a Llama3Model checkpoint: the file's model is named.
+    let weights = fixtures().join("llama3/model.pth");
+    let config = fixtures().join("qwen3/config.json");
+    let onnx = dir.path().join("refused.onnx");
+    let out = gptc(&[
+        "export",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--family",
+        "qwen3",
+        "-o",
+        onnx.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("holds the book's Llama3Model, and the config is a qwen3 one"),
+        "{}",
+        stderr(&out)
+    );
 }

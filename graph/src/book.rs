@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
 
-use crate::config::GptConfig;
+use crate::config::{GptConfig, ModelConfig};
 use crate::names;
 use crate::pth::{self, Dtype, TensorView};
 use crate::weights::{NamedTensor, TensorMap};
@@ -35,6 +35,15 @@ pub enum Family {
 }
 
 impl Family {
+    /// The `model_type` (`--family`) of gptc's graph for this model.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Gpt => "gpt2",
+            Family::Llama3 => "llama",
+            Family::Qwen3 => "qwen3",
+        }
+    }
+
     pub fn class_name(self) -> &'static str {
         match self {
             Family::Gpt => "GPTModel",
@@ -405,13 +414,90 @@ pub fn read_gpt(path: &Path, config: &GptConfig, tie_head: bool) -> Result<Tenso
         Some(family @ (Family::Llama3 | Family::Qwen3)) => Err(Error::Checkpoint {
             path: path.into(),
             reason: format!(
-                "holds the book's {} (`{}`, ...); gptc builds its chapter-4 GPTModel only",
+                "holds the book's {} (`{}`, ...), and the config is GPT-2's: give the book's {} config (`--family {}`)",
                 family.class_name(),
-                views.iter().find(|v| v.name.contains(".ff.fc1.")).map_or("", |v| v.name.as_str())
+                views.iter().find(|v| v.name.contains(".ff.fc1.")).map_or("", |v| v.name.as_str()),
+                family.class_name(),
+                family.model_type(),
             ),
         }),
         _ => map(&views, &gpt_model(config), tie_head),
     }
+}
+
+/// The book's `Llama3Model` or `Qwen3Model` from a checkpoint, as the tensors of gptc's graph
+/// for `config` (transformers' names). `tie`: whether the head is the token embedding (see
+/// [`map`]); `None` lets the checkpoint say, tied when it holds no `out_head.weight`. Returns
+/// the tensors and whether the head is tied.
+pub fn read_swiglu(
+    path: &Path,
+    config: &ModelConfig,
+    tie: Option<bool>,
+) -> Result<(TensorMap, bool)> {
+    let shape =
+        |vocab_size, emb_dim, n_layers, n_heads, n_kv_groups, head_dim, hidden_dim| SwigluShape {
+            vocab_size,
+            emb_dim,
+            n_layers,
+            n_heads,
+            n_kv_groups,
+            head_dim,
+            hidden_dim,
+            qk_norm: false,
+            norm_shift: false,
+        };
+    let (wanted, shape) = match config {
+        ModelConfig::Llama(c) => (
+            Family::Llama3,
+            shape(
+                c.vocab_size,
+                c.emb_dim,
+                c.n_layers,
+                c.n_heads,
+                c.n_kv_groups,
+                c.head_dim(),
+                c.hidden_dim,
+            ),
+        ),
+        ModelConfig::Qwen3(c) => (
+            Family::Qwen3,
+            SwigluShape {
+                qk_norm: c.qk_norm,
+                ..shape(
+                    c.vocab_size,
+                    c.emb_dim,
+                    c.n_layers,
+                    c.n_heads,
+                    c.n_kv_groups,
+                    c.head_dim,
+                    c.hidden_dim,
+                )
+            },
+        ),
+        ModelConfig::Gpt2(c) => {
+            return Ok((read_gpt(path, c, tie.unwrap_or(false))?, tie.unwrap_or(false)))
+        }
+    };
+    let bytes = crate::file::map_input(path)?;
+    let views = read_views(path, &bytes)?;
+    match Family::of_names(views.iter().map(|v| v.name.as_str())) {
+        Some(found) if found != wanted => {
+            return Err(Error::Checkpoint {
+                path: path.into(),
+                reason: format!(
+                    "holds the book's {}, and the config is a {} one ({}): give the {} config (`--family {}`)",
+                    found.class_name(),
+                    config.family().model_type(),
+                    wanted.class_name(),
+                    found.class_name(),
+                    found.model_type()
+                ),
+            })
+        }
+        _ => {}
+    }
+    let tied = tie.unwrap_or_else(|| !views.iter().any(|v| v.name == OUTPUT_HEAD));
+    Ok((map(&views, &swiglu_model(&shape, wanted), tied)?, tied))
 }
 
 #[cfg(test)]

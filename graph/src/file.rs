@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use crate::builder::{Precision, Quantization};
-use crate::config::GptConfig;
+use crate::config::{GptConfig, ModelConfig};
 use crate::gpt2::GraphOptions;
 use crate::names::{self, meta};
 use crate::onnx::{
@@ -864,13 +864,19 @@ fn lookup<'m>(props: &'m [StringStringEntryProto], key: &str) -> Option<&'m str>
     props.iter().find(|p| p.key == key).map(|p| p.value.as_str())
 }
 
-/// The config a gptc export recorded in its metadata, if this file is one.
+/// The GPT-2 config a gptc export recorded in its metadata, if this file is one (a file of
+/// another family is an error here: see [`stored_model_config`]).
 pub fn stored_config(model: &ModelProto) -> Option<Result<GptConfig>> {
+    lookup(&model.metadata_props, meta::CONFIG).map(GptConfig::from_json)
+}
+
+/// The config, of any family, a gptc export recorded in its metadata, if this file is one.
+pub fn stored_model_config(model: &ModelProto) -> Option<Result<ModelConfig>> {
     config_of(&model.metadata_props)
 }
 
-fn config_of(props: &[StringStringEntryProto]) -> Option<Result<GptConfig>> {
-    lookup(props, meta::CONFIG).map(GptConfig::from_json)
+fn config_of(props: &[StringStringEntryProto]) -> Option<Result<ModelConfig>> {
+    lookup(props, meta::CONFIG).map(ModelConfig::from_json)
 }
 
 /// The graph options a gptc export recorded in its metadata, if this file is one.
@@ -1081,7 +1087,7 @@ impl TensorLocation {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredHeader {
     /// The config gptc recorded in the metadata; `None` for a file gptc did not write.
-    pub config: Option<GptConfig>,
+    pub config: Option<ModelConfig>,
     /// Whether some tensor's values are in external data (so runtimes must load the file by
     /// path, to find them beside it).
     pub external_data: bool,
@@ -1096,14 +1102,17 @@ pub struct StoredHeader {
 impl StoredHeader {
     /// Checks that the model's tables are as large as `config` says, so that no position or
     /// token the config allows indexes past them at run time.
-    pub fn check_tables(&self, config: &GptConfig) -> Result<()> {
+    pub fn check_tables(&self, config: impl Into<ModelConfig>) -> Result<()> {
+        let arch = config.into().architecture();
         let (vocab, ctx, emb) =
-            (config.vocab_size as i64, config.context_length as i64, config.emb_dim as i64);
-        let expected = [
-            (names::TOKEN_EMBEDDING, vec![vocab, emb]),
-            (names::POSITION_EMBEDDING, vec![ctx, emb]),
-            (names::CAUSAL_MASK, vec![1, 1, ctx, ctx]),
-        ];
+            (arch.vocab_size as i64, arch.context_length as i64, arch.emb_dim as i64);
+        // A table another family names (GPT-2's `wte` in a Llama file) is no table of this
+        // one: the check of inputs, outputs and weights refuses such a file.
+        let mut expected = vec![(arch.names.token_embedding, vec![vocab, emb])];
+        if let Some(positions) = arch.names.position_embedding {
+            expected.push((positions, vec![ctx, emb]));
+            expected.push((names::CAUSAL_MASK, vec![1, 1, ctx, ctx]));
+        }
         for (name, dims) in &self.tables {
             let Some((_, wanted)) = expected.iter().find(|(n, _)| n == name) else { continue };
             if dims != wanted {
@@ -1137,7 +1146,12 @@ pub fn stored_header(path: &Path, bytes: prost::bytes::Bytes) -> Result<StoredHe
         .iter()
         .flat_map(|g| &g.initializer)
         .any(|t| t.data_location == DataLocation::External as i32);
-    let sized = [names::TOKEN_EMBEDDING, names::POSITION_EMBEDDING, names::CAUSAL_MASK];
+    let sized = [
+        names::TOKEN_EMBEDDING,
+        names::POSITION_EMBEDDING,
+        names::CAUSAL_MASK,
+        names::LLAMA_MODULES.token_embedding,
+    ];
     let tables = header
         .graph
         .iter()

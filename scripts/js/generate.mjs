@@ -16,6 +16,12 @@ const model = await AutoModelForCausalLM.from_pretrained(id, {
 });
 const inputs = tokenizer(prompt);
 const promptIds = inputs.input_ids.tolist()[0].map(Number);
-const out = await model.generate({ ...inputs, max_new_tokens: Number(newTokens), do_sample: false });
+// gptc's greedy loop goes on past an end id: so must this one.
+const out = await model.generate({
+  ...inputs,
+  max_new_tokens: Number(newTokens),
+  min_new_tokens: Number(newTokens),
+  do_sample: false,
+});
 const ids = out.tolist()[0].map(Number);
 console.log(JSON.stringify({ prompt_ids: promptIds, output_ids: ids.slice(promptIds.length) }));

@@ -8,10 +8,14 @@ use gptc::model::{ConfigOverrides, ConfigSpec, Weights};
 use gptc::runtime::ort::Device;
 use gptc::runtime::RuntimeKind;
 use gptc::sampling::SamplingConfig;
-use gptc_graph::{GraphOptions, Precision, Quantization};
+use gptc_graph::{Family, GraphOptions, Precision, Quantization};
 
 #[derive(Parser)]
-#[command(name = "gptc", version, about = "Compile GPT-2 to ONNX and generate text with it")]
+#[command(
+    name = "gptc",
+    version,
+    about = "Compile GPT-2, Llama 3.2 and Qwen3 to ONNX and generate text with it"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -19,7 +23,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Write a GPT-2 model as an ONNX file.
+    /// Write a model (GPT-2, Llama 3.2, Qwen3) as an ONNX file.
     Export(ExportArgs),
     /// Generate text greedily from a prompt.
     Generate(GenerateArgs),
@@ -43,6 +47,9 @@ pub struct TokenizeArgs {
     /// Read `<|endoftext|>` in a text as the special token, not as text.
     #[arg(long)]
     pub allow_special: bool,
+    /// A Hugging Face tokenizer.json instead of GPT-2's BPE.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -57,13 +64,18 @@ pub struct CheckArgs {
 /// Which model: a preset or a JSON config, with single fields overridden by flags.
 #[derive(Args, Clone, Default)]
 pub struct ConfigArgs {
-    /// gpt2-small (the default), gpt2-medium, gpt2-large or gpt2-xl.
+    /// gpt2-small (the default), gpt2-medium, gpt2-large, gpt2-xl; llama3.2-1b, llama3.2-3b;
+    /// qwen3-0.6b, qwen3-1.7b.
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
-    /// A JSON file with the book's keys (vocab_size, context_length, emb_dim, n_heads, n_layers,
-    /// drop_rate, qkv_bias).
+    /// A JSON file with the book's keys: GPT-2's (vocab_size, context_length, emb_dim, n_heads,
+    /// n_layers, drop_rate, qkv_bias), or Llama's and Qwen3's with "model_type" (or --family).
     #[arg(long, value_name = "FILE.json")]
     pub config: Option<PathBuf>,
+    /// The model's family: the keys a --config file is read in, and what a preset, a file or a
+    /// checkpoint must be [default: gpt2, or the config's "model_type"].
+    #[arg(long, value_enum)]
+    pub family: Option<FamilyArg>,
     #[arg(long)]
     pub vocab_size: Option<usize>,
     #[arg(long)]
@@ -74,10 +86,31 @@ pub struct ConfigArgs {
     pub n_heads: Option<usize>,
     #[arg(long)]
     pub n_layers: Option<usize>,
+    /// GPT-2 only.
     #[arg(long)]
     pub drop_rate: Option<f64>,
+    /// GPT-2 only.
     #[arg(long, value_name = "true|false")]
     pub qkv_bias: Option<bool>,
+    /// Llama and Qwen3: the SwiGLU feed-forward's inner width.
+    #[arg(long)]
+    pub hidden_dim: Option<usize>,
+    /// Llama and Qwen3: key/value heads, each serving n_heads / n_kv_groups query heads.
+    #[arg(long)]
+    pub n_kv_groups: Option<usize>,
+    /// Llama and Qwen3: RoPE's base.
+    #[arg(long)]
+    pub rope_base: Option<f64>,
+    /// Qwen3 only: each head's width.
+    #[arg(long)]
+    pub head_dim: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FamilyArg {
+    Gpt2,
+    Llama,
+    Qwen3,
 }
 
 impl ConfigArgs {
@@ -85,6 +118,11 @@ impl ConfigArgs {
         ConfigSpec {
             preset: self.preset.clone(),
             file: self.config.clone(),
+            family: self.family.map(|f| match f {
+                FamilyArg::Gpt2 => Family::Gpt2,
+                FamilyArg::Llama => Family::Llama,
+                FamilyArg::Qwen3 => Family::Qwen3,
+            }),
             overrides: ConfigOverrides {
                 vocab_size: self.vocab_size,
                 context_length: self.context_length,
@@ -93,6 +131,10 @@ impl ConfigArgs {
                 n_layers: self.n_layers,
                 drop_rate: self.drop_rate,
                 qkv_bias: self.qkv_bias,
+                hidden_dim: self.hidden_dim,
+                n_kv_groups: self.n_kv_groups,
+                rope_base: self.rope_base,
+                head_dim: self.head_dim,
             },
         }
     }
@@ -187,22 +229,27 @@ impl Dtype {
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// Trained weights: a Hugging Face GPT-2 folder (config.json and model.safetensors, or
-    /// shards with their index), or one file with --preset or --config: .safetensors (Hugging
-    /// Face's names or the book's), or the book's `torch.save` .pth (read without Python).
+    /// Trained weights: a Hugging Face folder of GPT2LMHeadModel, LlamaForCausalLM or
+    /// Qwen3ForCausalLM (config.json and model.safetensors, or shards with their index), or one
+    /// file with --preset or --config: .safetensors (Hugging Face's names or the book's), or the
+    /// book's `torch.save` .pth (GPTModel, Llama3Model, Qwen3Model; read without Python).
     #[arg(long, value_name = "DIR|FILE")]
     pub weights: Option<PathBuf>,
     #[command(flatten)]
     pub model: ConfigArgs,
     #[command(flatten)]
     pub graph: GraphArgs,
-    /// Seed of GPT-2's random init; the same seed writes a byte-identical file.
+    /// Seed of the random init; the same seed writes a byte-identical file.
     #[arg(long, default_value_t = 123)]
     pub seed: u64,
     /// Weights in FILE.onnx.data beside the model (ONNX external data). Automatic for models
     /// over protobuf's 2 GiB limit (gpt2-large and gpt2-xl in float32).
     #[arg(long)]
     pub external_data: bool,
+    /// A model folder's tokenizer (-o DIR/, Llama and Qwen3): a tokenizer.json, copied with the
+    /// tokenizer_config.json beside it [default: the --weights folder's, if it has one].
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// Where to write the .onnx file.
     #[arg(short, long, value_name = "FILE.onnx")]
     pub output: PathBuf,
@@ -255,6 +302,10 @@ pub struct GenerateArgs {
     /// Read `<|endoftext|>` in a prompt as the special token, not as text.
     #[arg(long)]
     pub allow_special: bool,
+    /// A Hugging Face tokenizer.json for the prompts and the output (default: GPT-2's BPE for
+    /// GPT-2, the model folder's or checkpoint's tokenizer.json for the other families).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// An exported .onnx file; without it, gpt2-small (or the given config) is compiled in memory.
     #[arg(long, value_name = "FILE.onnx")]
     pub model: Option<PathBuf>,

@@ -6,10 +6,12 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use gptc::bench::{self, BenchPlan};
+use gptc::folder::FolderModel;
 use gptc::model::compile;
 use gptc::progress::Progress;
 use gptc::runtime::{load, ModelSource, RuntimeKind};
 use gptc::session::{Event, GenerationSettings, Prompt, Session};
+use gptc::tokenizer::{self, Tokenizer, TokenizerSources};
 use gptc::{folder, inspect, memory};
 use gptc_graph::file::{self, WeightLayout};
 use gptc_graph::{GraphOptions, Precision, Quantization};
@@ -31,12 +33,24 @@ pub fn export(args: ExportArgs) -> Result<()> {
         }
     }
     let weights = weights(args.weights.as_ref(), args.seed);
-    let compiled = compile(&args.model.spec(), &weights, args.graph.options())?;
+    let spec = args.model.spec();
+    let compiled = compile(&spec, &weights, args.graph.options())?;
     let layout = if args.external_data { WeightLayout::External } else { WeightLayout::Auto };
     let progress = Progress::bytes("writing", file::tensor_bytes(&compiled.model));
     let written = |n| progress.advance(n);
     let data = if as_folder {
-        folder::write_folder(&args.output, &compiled, layout, &written)?;
+        // GPT-2 writes its own BPE; the other families copy their checkpoint's tokenizer.
+        let tokenizer = TokenizerSources {
+            file: args.tokenizer.as_deref(),
+            folder: args.weights.as_deref().filter(|p| p.is_dir()),
+        };
+        let contents = FolderModel {
+            model: &compiled.model,
+            config: &compiled.config,
+            options: compiled.options,
+            tokenizer,
+        };
+        folder::write_model_folder(&args.output, &contents, layout, &written)?;
         None
     } else {
         file::write_model_observed(&args.output, &compiled.model, layout, &written)?
@@ -107,14 +121,21 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     if let Some(why) = &loaded.fallback {
         eprintln!("gptc: {why}; running ONNX Runtime on the CPU");
     }
-    let mut session = Session::new(loaded.runtime.as_mut(), &loaded.config, settings)?;
+    // The folder the model came from holds its tokenizer and special ids.
+    let folder =
+        [args.model.as_deref(), args.weights.as_deref()].into_iter().flatten().find(|p| p.is_dir());
+    let sources = TokenizerSources { file: args.tokenizer.as_deref(), folder };
+    let (tokenizer, special) =
+        tokenizer::for_model(loaded.config.family(), loaded.config.vocab_size(), sources)?;
+    let mut session = Session::new(loaded.runtime.as_mut(), &loaded.config, settings)?
+        .with_tokenizer(tokenizer, &special)?;
     let prompt_ids = session.encode(&prompts, args.allow_special)?;
 
     let stream_text =
         prompt_ids.len() == 1 && !args.json && !args.json_lines && session.decodes_text();
     let mut stdout = std::io::stdout().lock();
-    if stream_text {
-        write!(stdout, "{}", session.tokenizer().decode(&prompt_ids[0])?)?;
+    if let Some(tokenizer) = session.tokenizer().filter(|_| stream_text) {
+        write!(stdout, "{}", tokenizer.decode_model_ids(&prompt_ids[0])?)?;
         stdout.flush()?;
     }
     let (completions, stats) = session.run(&prompt_ids, |event| {
@@ -140,6 +161,15 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     for (row, completion) in completions.iter().enumerate() {
         if stream_text {
             writeln!(stdout, "{}", completion.unstreamed)?;
+        } else if !args.json && !args.json_lines && !session.decodes_text() {
+            // No tokenizer for this vocabulary: the ids, as --ids takes them.
+            let ids: Vec<String> = completion
+                .prompt_ids
+                .iter()
+                .chain(&completion.output_ids)
+                .map(i64::to_string)
+                .collect();
+            writeln!(stdout, "{}", ids.join(","))?;
         } else if args.json || args.json_lines {
             let mut object = serde_json::json!({
                 "prompt": texts.get(row).cloned().unwrap_or_else(|| completion.prompt_text.clone()),
@@ -178,7 +208,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
             let path = &folder::model_path(path);
             let model = inspect::read_model_file(path)?;
             out.push_str(&inspect::file_report(&model)?);
-            match spec.for_model_file(file::stored_config(&model).transpose()?, path, false) {
+            match spec.for_model_file(file::stored_model_config(&model).transpose()?, path, false) {
                 Ok(config) => Some(config),
                 Err(gptc::Error::NoConfig(_)) => {
                     out.push_str("no gptc config in the metadata: pass --preset or --config for the accounting\n");
@@ -200,7 +230,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let config = args.config.spec().resolve()?;
     let prefill = match args.prefill {
         Some(lengths) => lengths,
-        None => [16, 128, 1024].into_iter().filter(|&n| n <= config.context_length).collect(),
+        None => [16, 128, 1024].into_iter().filter(|&n| n <= config.context_length()).collect(),
     };
     let plan = BenchPlan {
         config,
@@ -225,7 +255,7 @@ pub fn check(args: CheckArgs) -> Result<()> {
     let path = &folder::model_path(&args.model);
     let (header, model) = gptc::check::read_model_file(path)?;
     write_out(&inspect::file_report(&model)?)?;
-    let stored = file::stored_config(&model).transpose()?;
+    let stored = file::stored_model_config(&model).transpose()?;
     let config = args.config.spec().for_model_file(stored, path, true)?;
     header.check_tables(&config)?;
     let options = gptc::check::check_model(path, &model, &config)?;
@@ -262,14 +292,17 @@ pub fn tokenize(args: TokenizeArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: not a JSON list of strings ({e})", path.display()))?;
         texts.extend(listed);
     }
-    let tokenizer = gptc::tokenizer::Tokenizer::gpt2();
-    let ids: Vec<Vec<i64>> = texts
+    let tokenizer = match &args.tokenizer {
+        Some(path) => Tokenizer::from_file(path)?,
+        None => Tokenizer::gpt2(),
+    };
+    let ids = texts
         .iter()
         .map(|t| match args.allow_special {
             true => tokenizer.encode_with_special(t),
             false => tokenizer.encode(t),
         })
-        .collect();
+        .collect::<gptc::Result<Vec<Vec<i64>>>>()?;
     write_out(&format!("{}\n", serde_json::to_string(&ids)?))
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use gptc_graph::file::{self, WeightLayout};
-use gptc_graph::{GptConfig, GraphOptions};
+use gptc_graph::{GraphOptions, ModelConfig};
 
 use super::ort::{Device, OrtRuntime};
 use super::tract::TractRuntime;
@@ -42,7 +42,7 @@ pub enum ModelSource<'a> {
 /// A runtime ready to generate, with the model's config.
 pub struct Loaded {
     pub runtime: Box<dyn Runtime>,
-    pub config: GptConfig,
+    pub config: ModelConfig,
     /// Why the model runs on the CPU although CUDA was asked for (`Device::Auto`).
     pub fallback: Option<String>,
 }
@@ -142,14 +142,14 @@ impl ModelFile {
 
 fn loaded(
     (runtime, fallback): (Box<dyn Runtime>, Option<String>),
-    config: GptConfig,
+    config: ModelConfig,
 ) -> Result<Loaded> {
     // Whatever the precision or quantization, a head narrower than the vocabulary would leave
     // ids unreachable, a wider one would produce ids the tokenizer does not have.
-    if let Some(width) = runtime.logits_width().filter(|&w| w != config.vocab_size) {
+    if let Some(width) = runtime.logits_width().filter(|&w| w != config.vocab_size()) {
         return Err(crate::Error::Model(format!(
             "the model's logits hold {width} values a position, but its config's vocabulary is {}",
-            config.vocab_size
+            config.vocab_size()
         )));
     }
     Ok(Loaded { runtime, config, fallback })
