@@ -152,7 +152,7 @@ impl<'r> Session<'r> {
         settings: GenerationSettings,
     ) -> Result<Session<'r>> {
         settings.validate()?;
-        Ok(Session {
+        let session = Session {
             runtime,
             config: config.clone(),
             // GPT-2's BPE where it fits; another family has none until one is given
@@ -168,7 +168,22 @@ impl<'r> Session<'r> {
             },
             settings,
             memory_limit: None,
-        })
+        };
+        // A stop string is matched in the new text: ids without a tokenizer have none, and the
+        // string would never stop anything.
+        if config.family() != Family::Gpt2
+            && !session.decodes_text()
+            && !session.settings.stop_strings.is_empty()
+        {
+            return Err(Error::Setting {
+                setting: "stop",
+                problem: format!(
+                    "needs the model's text, and this {} model has no tokenizer here: its ids are not GPT-2's",
+                    config.family().model_type()
+                ),
+            });
+        }
+        Ok(session)
     }
 
     pub fn tokenizer(&self) -> Option<&Tokenizer> {

@@ -232,6 +232,8 @@ fn bad_family_input_is_refused_in_one_line() {
     let text = gptc(&["generate", "Hello", "--model", s(&onnx)]);
     one_line_error(&text, "the model has no tokenizer for its vocabulary (256)");
     assert!(stderr(&text).contains("--ids") && stderr(&text).contains("--tokenizer"));
+    let stop = gptc(&["generate", "--model", s(&onnx), "--ids", "1", "--stop", "x"]);
+    one_line_error(&stop, "--stop needs the model's text");
     // A file's stored family is held to --family.
     let other = gptc(&["generate", "--model", s(&onnx), "--ids", "1", "--family", "qwen3"]);
     one_line_error(&other, "is a llama model, not qwen3");
