@@ -32,7 +32,7 @@ fn small_model() -> Vec<u8> {
         tie_weights: false,
         ..Default::default()
     };
-    let model = build_model(&small_config(), options, &mut RandomInit { seed: 1 }, Some(1));
+    let model = build_model(small_config(), options, &mut RandomInit { seed: 1 }, Some(1));
     file::encode(&model.unwrap())
 }
 

@@ -365,6 +365,9 @@ pub struct BenchArgs {
     /// Skip tract (to time ONNX Runtime alone, e.g. on a GPU).
     #[arg(long, requires = "ort")]
     pub no_tract: bool,
+    /// The head multiplies by the token embedding (GPT-2's layout, every real checkpoint's).
+    #[arg(long)]
+    pub tie_weights: bool,
     #[command(flatten)]
     pub dtype: DtypeArg,
     #[command(flatten)]
