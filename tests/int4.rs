@@ -41,7 +41,10 @@ fn tiny_int4_models_give_the_dequantized_references_logits_on_both_runtimes() {
         let (bytes, weights) = compile_int4(&config, options, 11);
         // Every projection and the head are 4-bit: the weights they mean are not the init's.
         assert!(weights.0.contains_key("h.1.mlp.c_proj.weight"));
-        assert!(weights.0.contains_key("lm_head.weight"), "the head is a 4-bit table");
+        // Tied, the head is the token embedding's one 4-bit table; untied, a table of its own.
+        let head = if tie_weights { "wte.weight" } else { "lm_head.weight" };
+        assert!(weights.0.contains_key(head), "the head is a 4-bit table");
+        assert_eq!(weights.0.contains_key("lm_head.weight"), !tie_weights);
         let reference = Reference::new(&config, &weights);
         for mut runtime in runtimes(&bytes) {
             for (batch, seq) in [(1, 1), (2, 13), (1, config.context_length)] {
