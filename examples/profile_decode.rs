@@ -14,6 +14,8 @@ use tract_onnx::tract_core::plan::SimpleState;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let int4 = !args.iter().any(|a| a == "f32");
+    // `tied`: the head multiplies by the token embedding (every real GPT-2 checkpoint's layout).
+    let tie_weights = args.iter().any(|a| a == "tied");
     // `prefill N`: time three prompts of N tokens instead of decode steps.
     let prefill: Option<usize> =
         args.iter().position(|a| a == "prefill").and_then(|i| args.get(i + 1)?.parse().ok());
@@ -23,6 +25,7 @@ fn main() -> anyhow::Result<()> {
     let options = GraphOptions {
         kv_cache: true,
         last_token_logits: true,
+        tie_weights,
         quantization,
         ..Default::default()
     };

@@ -39,6 +39,10 @@ VARIANTS = {
     # gptc's default level 4 lets ONNX Runtime quantize activations to int8, which tract does
     # not: only ONNX Runtime against itself (BENCHMARKS.md measures the difference).
     "cache-int4": ["--quantize", "int4"],
+    # A tied table stored once in 4 bits: GatherBlockQuantized looks rows up from the head's
+    # MatMulNBits weights.
+    "cache-int4-tied-exact": ["--quantize", "int4", "--accuracy-level", "0", "--tie-weights"],
+    "cache-int4-tied": ["--quantize", "int4", "--tie-weights"],
 }
 # 4-bit logits: the same weights, summed in other orders by other kernels.
 INT4_TOLERANCE = 1e-3
@@ -204,9 +208,9 @@ def main():
             path = work / f"{size}-{variant}.onnx"
             run([gptc, "export", "-o", str(path), *size_flags, *flags])
             check_file(path)
-            tolerance = {"cache-f16": F16_TOLERANCE, "cache-int4-exact": INT4_TOLERANCE,
-                         "cache-int4": INT4_TOLERANCE}.get(variant, TOLERANCE)
-            runtimes = ("ort",) if variant == "cache-int4" else ("tract", "ort")
+            tolerance = F16_TOLERANCE if variant == "cache-f16" else (
+                INT4_TOLERANCE if "int4" in variant else TOLERANCE)
+            runtimes = ("ort",) if variant in ("cache-int4", "cache-int4-tied") else ("tract", "ort")
             compare(gptc, path, tolerance, runtimes)
             checked += len(runtimes)
             path.unlink()

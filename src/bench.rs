@@ -159,6 +159,8 @@ pub struct BenchPlan {
     pub config: ModelConfig,
     pub precision: Precision,
     pub quantization: Quantization,
+    /// The head multiplies by the token embedding.
+    pub tie_weights: bool,
     /// Prompt lengths whose prefill is timed (those over the context are refused).
     pub prefill: Vec<usize>,
     /// Tokens decoded with the KV cache.
@@ -216,7 +218,7 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
     let options = GraphOptions {
         kv_cache: true,
         last_token_logits: true,
-        tie_weights: false,
+        tie_weights: plan.tie_weights,
         precision: plan.precision,
         quantization: plan.quantization,
     };

@@ -264,13 +264,12 @@ impl Compiled {
     }
 }
 
-/// Parameters a model of `config` stores with `options`: the head is not stored when tied
-/// (except as the 4-bit copy that 4-bit weights make of the token embedding).
+/// Parameters a model of `config` stores with `options`: a tied head and token embedding are
+/// one table (under 4-bit weights, the head's 4-bit one).
 pub fn stored_parameters(config: impl Into<ModelConfig>, options: GraphOptions) -> usize {
     let config = config.into();
     let count = config.parameter_count();
-    let tied = options.tie_weights || config.head_tied();
-    if tied && options.quantization == gptc_graph::Quantization::None {
+    if options.tie_weights || config.head_tied() {
         count.total_tied()
     } else {
         count.total()

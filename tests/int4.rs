@@ -41,7 +41,10 @@ fn tiny_int4_models_give_the_dequantized_references_logits_on_both_runtimes() {
         let (bytes, weights) = compile_int4(&config, options, 11);
         // Every projection and the head are 4-bit: the weights they mean are not the init's.
         assert!(weights.0.contains_key("h.1.mlp.c_proj.weight"));
-        assert!(weights.0.contains_key("lm_head.weight"), "the head is a 4-bit table");
+        // Tied, the head is the token embedding's one 4-bit table; untied, a table of its own.
+        let head = if tie_weights { "wte.weight" } else { "lm_head.weight" };
+        assert!(weights.0.contains_key(head), "the head is a 4-bit table");
+        assert_eq!(weights.0.contains_key("lm_head.weight"), !tie_weights);
         let reference = Reference::new(&config, &weights);
         for mut runtime in runtimes(&bytes) {
             for (batch, seq) in [(1, 1), (2, 13), (1, config.context_length)] {
@@ -487,4 +490,35 @@ fn a_head_narrower_than_the_vocabulary_is_refused_at_load() {
             );
         }
     }
+}
+
+/// tract runs the tied table's `GatherBlockQuantized` in the one form gptc writes; any other
+/// (other bits, blocks or axes, zero points) is refused at load in one error naming the node and
+/// what differs, never read as if it were that form.
+#[test]
+fn tract_refuses_a_gather_block_quantized_form_it_does_not_run() {
+    let config = GptConfig { vocab_size: 512, context_length: 32, ..tiny_config(2, false) };
+    let options = GraphOptions { tie_weights: true, quantization: EXACT, ..CACHE };
+    let model = build_model(&config, options, &mut RandomInit { seed: 5 }, Some(5)).unwrap();
+    assert!(TractRuntime::from_bytes(&file::encode(&model)).is_ok(), "gptc's own form loads");
+    let lookup = |model: &mut gptc_graph::onnx::ModelProto| {
+        let nodes = graph(model).node.iter_mut();
+        nodes.filter(|n| n.op_type == "GatherBlockQuantized").last().unwrap().clone()
+    };
+    let node_name = lookup(&mut model.clone()).name;
+    assert!(!node_name.is_empty());
+    for (attribute, value) in [("bits", 8), ("block_size", 64), ("quantize_axis", 1)] {
+        let mut tampered = model.clone();
+        let nodes = graph(&mut tampered).node.iter_mut();
+        let node = nodes.filter(|n| n.op_type == "GatherBlockQuantized").last().unwrap();
+        set_attribute(node, attribute, value);
+        let err = TractRuntime::from_bytes(&file::encode(&tampered)).err().unwrap().to_string();
+        assert!(err.contains(&node_name) && err.contains(attribute), "{attribute}: {err}");
+    }
+    let mut with_zero_points = model.clone();
+    let nodes = graph(&mut with_zero_points).node.iter_mut();
+    let node = nodes.filter(|n| n.op_type == "GatherBlockQuantized").last().unwrap();
+    node.input.push(node.input[2].clone());
+    let err = TractRuntime::from_bytes(&file::encode(&with_zero_points)).err().unwrap().to_string();
+    assert!(err.contains(&node_name) && err.contains("zero points"), "{err}");
 }

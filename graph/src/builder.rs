@@ -226,6 +226,15 @@ impl<'w> GraphBuilder<'w> {
 }
 
 /// A place in the module tree; ops and parameters created through it are named under its prefix.
+/// A `[n, k]` matrix stored as `MatMulNBits`' 4-bit weights: its blocks and scales.
+#[derive(Clone, Copy, Debug)]
+pub struct Int4Table {
+    blocks: Value,
+    scales: Value,
+    k: usize,
+    n: usize,
+}
+
 pub struct Scope<'g, 'w> {
     graph: &'g mut GraphBuilder<'w>,
     prefix: String,
@@ -462,6 +471,19 @@ impl<'w> Scope<'_, 'w> {
         rows_are_outputs: bool,
         accuracy_level: u8,
     ) -> Result<Value> {
+        let table = self.int4_table(full, values, [k, n], rows_are_outputs)?;
+        Ok(self.matmul_by_int4_table(x, &table, accuracy_level))
+    }
+
+    /// Stores `values` (`[k, n]`, or `[n, k]` with `rows_are_outputs`) as `MatMulNBits`' weights
+    /// `{full}_q4` (`[n, k / 32, 16]`) and `{full}_scales` (`[n * k / 32]`).
+    fn int4_table(
+        &mut self,
+        full: &str,
+        values: &[f32],
+        [k, n]: [usize; 2],
+        rows_are_outputs: bool,
+    ) -> Result<Int4Table> {
         if !k.is_multiple_of(crate::quant::BLOCK) {
             return Err(crate::Error::Config(format!(
                 "`{full}` has {k} inputs: 4-bit weights need a multiple of {} (emb_dim and 4 * emb_dim)",
@@ -488,17 +510,67 @@ impl<'w> Scope<'_, 'w> {
             ..Default::default()
         });
         self.graph.domains.insert(crate::names::MICROSOFT_DOMAIN);
+        Ok(Int4Table { blocks, scales, k, n })
+    }
+
+    /// `x @ W^T` for the 4-bit `[n, k]` table: `MatMulNBits`.
+    fn matmul_by_int4_table(&mut self, x: Value, table: &Int4Table, accuracy_level: u8) -> Value {
         let attrs = vec![
-            ("K", Attr::Int(k as i64)),
-            ("N", Attr::Int(n as i64)),
+            ("K", Attr::Int(table.k as i64)),
+            ("N", Attr::Int(table.n as i64)),
             ("bits", Attr::Int(4)),
             ("block_size", Attr::Int(crate::quant::BLOCK as i64)),
             ("accuracy_level", Attr::Int(accuracy_level as i64)),
         ];
-        let y = self.op("MatMulNBits", &[x, blocks, scales], attrs);
-        let node = self.graph.nodes.last_mut().expect("just added");
-        node.domain = crate::names::MICROSOFT_DOMAIN.to_string();
-        Ok(y)
+        self.microsoft_op("MatMulNBits", &[x, table.blocks, table.scales], attrs)
+    }
+
+    fn microsoft_op(&mut self, op: &str, inputs: &[Value], attrs: Vec<(&str, Attr)>) -> Value {
+        let y = self.op(op, inputs, attrs);
+        if let Some(node) = self.graph.nodes.last_mut() {
+            node.domain = crate::names::MICROSOFT_DOMAIN.to_string();
+        }
+        y
+    }
+
+    /// A token embedding `[vocab, emb]` that the output head is tied to, under 4-bit weights:
+    /// stored once, as the head's `MatMulNBits` weights; [`Scope::lookup_int4`] reads its rows
+    /// and [`Scope::head_by_int4_table`] multiplies by it. `None` without 4-bit weights.
+    pub fn tied_int4_table(
+        &mut self,
+        name: &str,
+        [vocab, emb]: [usize; 2],
+        init: Init,
+    ) -> Result<Option<(Int4Table, u8)>> {
+        let Quantization::Int4 { accuracy_level } = self.graph.quantization else {
+            return Ok(None);
+        };
+        let full = self.qualify(name);
+        let values = self.graph.weights.tensor(&full, &[vocab, emb], init)?;
+        let table = self.int4_table(&full, &values, [emb, vocab], true)?;
+        Ok(Some((table, accuracy_level)))
+    }
+
+    /// The rows `ids` of a 4-bit table, dequantized (float32, `[.., k]`): ONNX Runtime's
+    /// `GatherBlockQuantized` on the head's own blocks, `[n, k / 32, 16]` read as 4-bit codes
+    /// along the last axis in one block of 32 each (zero point 8, as `MatMulNBits`), the scales
+    /// seen as `[n, k / 32, 1]`; the `[.., k / 32, 32]` rows it gives are joined to `[.., k]`.
+    pub fn lookup_int4(&mut self, table: &Int4Table, ids: Value) -> Value {
+        let per_row = (table.k / crate::quant::BLOCK) as i64;
+        let scales = self.reshape(table.scales, &[table.n as i64, per_row, 1]);
+        let attrs = vec![
+            ("bits", Attr::Int(4)),
+            ("block_size", Attr::Int(crate::quant::BLOCK as i64)),
+            ("gather_axis", Attr::Int(0)),
+            ("quantize_axis", Attr::Int(2)),
+        ];
+        let rows = self.microsoft_op("GatherBlockQuantized", &[table.blocks, ids, scales], attrs);
+        self.reshape(rows, &[0, 0, table.k as i64])
+    }
+
+    /// The head tied to a 4-bit table: `x @ table^T`.
+    pub fn head_by_int4_table(&mut self, x: Value, table: &Int4Table, accuracy_level: u8) -> Value {
+        self.matmul_by_int4_table(x, table, accuracy_level)
     }
 
     pub fn gather(&mut self, data: Value, indices: Value) -> Value {

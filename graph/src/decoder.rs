@@ -214,7 +214,18 @@ fn decoder(
 ) -> Result<(Value, Vec<KeyValue>)> {
     let names = &arch.names;
     let (vocab, e) = (arch.vocab_size, arch.emb_dim);
-    let wte = s.param(names.token_embedding, &[vocab, e], Init::Normal { std: INIT_STD })?;
+    let table_shape = [vocab, e];
+    let init = Init::Normal { std: INIT_STD };
+    // A tied table under 4-bit weights is stored once, in 4 bits, for both the lookup and the
+    // head (as onnxruntime-genai's builder does): otherwise its float copy is most of the file.
+    let tied_int4 = match options.tie_weights {
+        true => s.tied_int4_table(names.token_embedding, table_shape, init)?,
+        false => None,
+    };
+    let wte = match tied_int4 {
+        Some(table) => Embedding::Int4(table),
+        None => Embedding::Float(s.param(names.token_embedding, &table_shape, init)?),
+    };
     let learned_positions = match names.position_embedding {
         Some(name) if arch.positions == Positions::Learned => {
             let shape = [arch.context_length, e];
@@ -250,7 +261,10 @@ fn decoder(
     };
     let shared = AttentionInputs { bias, rotary };
 
-    let mut x = s.gather(wte, inputs.input_ids);
+    let mut x = match wte {
+        Embedding::Int4((table, _)) => s.lookup_int4(&table, inputs.input_ids),
+        Embedding::Float(wte) => s.gather(wte, inputs.input_ids),
+    };
     if let Some(wpe) = learned_positions {
         let places = s.gather(wpe, positions);
         x = s.add(x, places);
@@ -268,13 +282,22 @@ fn decoder(
     }
     let x = layers::norm(&mut s.pp(names.final_norm), x, e, arch.norm)?;
     // The head is `[vocab, emb]`, as the token embedding it may be tied to.
-    let logits = if options.tie_weights {
-        s.matmul_by_table(x, wte, names.output_head)?
-    } else {
-        let init = Init::Normal { std: INIT_STD };
-        s.matmul_param(x, names.output_head, e, vocab, init, true)?
+    let logits = match (options.tie_weights, wte) {
+        (_, Embedding::Int4((table, accuracy_level))) => {
+            s.head_by_int4_table(x, &table, accuracy_level)
+        }
+        (true, Embedding::Float(wte)) => s.matmul_by_table(x, wte, names.output_head)?,
+        (false, _) => s.matmul_param(x, names.output_head, e, vocab, init, true)?,
     };
     Ok((s.to_f32(logits), present))
+}
+
+/// How the token embedding is stored: in the graph's float type, or (tied under 4-bit weights)
+/// as the head's 4-bit table with its accuracy level.
+#[derive(Clone, Copy)]
+enum Embedding {
+    Float(Value),
+    Int4((crate::builder::Int4Table, u8)),
 }
 
 /// `keep[i, j]`: without a cache, query `i` may attend to key `j <= i` (`ids` the graph's input
@@ -558,11 +581,53 @@ mod tests {
             for projection in ["q", "k", "v", "o", "gate", "up", "down"] {
                 assert!(quantized.iter().any(|n| n.contains(&format!("{projection}_proj"))));
             }
-            assert!(quantized.contains(&"lm_head.weight_q4"));
+            let head = match config.head_tied() {
+                true => format!("{}_q4", config.architecture().names.token_embedding),
+                false => "lm_head.weight_q4".to_string(),
+            };
+            assert!(quantized.contains(&head.as_str()), "{head}: {quantized:?}");
             assert!(graph
                 .node
                 .iter()
                 .all(|n| n.op_type != "MatMul" || !n.input[1].ends_with("weight")));
+        }
+    }
+
+    /// Tied under 4-bit weights, the token table is stored once, in 4 bits: the head's
+    /// `MatMulNBits` blocks and scales, which the lookup (`GatherBlockQuantized`) reads too; no
+    /// float copy and no second 4-bit one.
+    #[test]
+    fn a_tied_int4_table_is_stored_once_for_the_lookup_and_the_head() {
+        let int4 = GraphOptions { quantization: Quantization::Int4 { accuracy_level: 4 }, ..CACHE };
+        let gpt2 = GptConfig {
+            emb_dim: 64,
+            n_heads: 4,
+            n_layers: 1,
+            vocab_size: 96,
+            ..GptConfig::preset("gpt2-small").unwrap()
+        };
+        for config in [
+            ModelConfig::Gpt2(GptConfig { context_length: 32, ..gpt2 }),
+            tiny_llama(2, true),
+            tiny_qwen3(true),
+        ] {
+            let model = build(&config, GraphOptions { tie_weights: true, ..int4 });
+            let graph = model.graph.as_ref().unwrap();
+            let table = config.architecture().names.token_embedding;
+            let stored: Vec<&str> = graph
+                .initializer
+                .iter()
+                .map(|t| t.name.as_str())
+                .filter(|n| n.starts_with(table) || n.starts_with("lm_head"))
+                .collect();
+            assert_eq!(stored, [format!("{table}_q4"), format!("{table}_scales")], "{config:?}");
+            let readers = |op: &str| {
+                let nodes = graph.node.iter().filter(|n| n.op_type == op);
+                nodes.filter(|n| n.input.first().map(String::as_str) == Some(stored[0])).count()
+            };
+            let head = graph.node.iter().filter(|n| n.op_type == "MatMulNBits");
+            let head = head.filter(|n| n.input.get(1).map(String::as_str) == Some(stored[0]));
+            assert_eq!((readers("GatherBlockQuantized"), head.count()), (1, 1), "{config:?}");
         }
     }
 

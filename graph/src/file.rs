@@ -959,9 +959,10 @@ pub fn float_initializers(model: &ModelProto) -> Result<TensorMap> {
         let q = int4_matrix(blocks, scales)?;
         map.0.remove(&scales_name);
         let (n, k) = (q.n, q.k);
-        // The output head is `[vocab, emb]` like the table it may be tied to; projections are
-        // `[in, out]`.
-        let rows_are_outputs = base == names::OUTPUT_HEAD;
+        // The output head is `[vocab, emb]` like the token embedding (4-bit when the head is
+        // tied to it); projections are `[in, out]`.
+        let tables = [names::GPT2_MODULES, names::LLAMA_MODULES].map(|m| m.token_embedding);
+        let rows_are_outputs = base == names::OUTPUT_HEAD || tables.contains(&base);
         let shape = if rows_are_outputs { vec![n, k] } else { vec![k, n] };
         map.0.insert(base.to_string(), NamedTensor { shape, data: q.dequantize(rows_are_outputs) });
     }

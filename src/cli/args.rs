@@ -175,7 +175,8 @@ impl GraphArgs {
 #[derive(Args, Clone, Copy)]
 pub struct QuantizeArgs {
     /// Store every projection and the output head in 4 bits (ONNX Runtime's MatMulNBits,
-    /// blocks of 32, symmetric); embeddings, LayerNorm and biases stay float32.
+    /// blocks of 32, symmetric); a tied token table is the head's, embeddings otherwise, LayerNorm
+    /// and biases stay float32.
     #[arg(long, value_enum)]
     pub quantize: Option<QuantizeKind>,
     /// MatMulNBits' accuracy_level: 4 lets ONNX Runtime quantize activations to int8 (faster),
@@ -416,6 +417,9 @@ pub struct BenchArgs {
     /// Skip tract (to time ONNX Runtime alone, e.g. on a GPU).
     #[arg(long, requires = "ort")]
     pub no_tract: bool,
+    /// The head multiplies by the token embedding (GPT-2's layout, every real checkpoint's).
+    #[arg(long)]
+    pub tie_weights: bool,
     #[command(flatten)]
     pub dtype: DtypeArg,
     #[command(flatten)]

@@ -236,6 +236,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         config,
         precision: args.dtype.precision(),
         quantization: args.quantize.quantization(),
+        tie_weights: args.tie_weights,
         prefill,
         new_tokens: args.new_tokens,
         plain_tokens: args.plain_tokens,

@@ -414,6 +414,7 @@ pub fn onnx() -> tract_onnx::Onnx {
         let _ = TRACTS_MATMUL_NBITS.set(tracts);
     }
     onnx.op_register.insert("MatMulNBits", matmul_nbits);
+    onnx.op_register.insert("GatherBlockQuantized", super::lookup::gather_block_quantized);
     super::tract::check_what_tract_trusts(&mut onnx);
     onnx
 }

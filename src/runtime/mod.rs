@@ -7,6 +7,7 @@ mod attention;
 mod crew;
 mod int4;
 pub(crate) mod load;
+mod lookup;
 pub mod ort;
 pub mod tract;
 

@@ -312,8 +312,45 @@ impl Backend for TractBackend {
 /// The plan-ready form of a loaded model: typed, GELU fused, then optimized.
 pub fn optimized(model: InferenceModel) -> Result<TypedModel> {
     guarded("optimizing the model", || {
-        use_attention_kernel(stack_siblings(fuse_gelu(model.into_typed()?)?)?)?.into_optimized()
+        let model = use_attention_kernel(stack_siblings(fuse_gelu(model.into_typed()?)?)?)?;
+        split_shared_constants(model)?.into_optimized()
     })
+}
+
+/// Gives each reader of a large constant read by several nodes its own `Const` node, holding the
+/// same tensor (no copy). A tied head's `MatMul(x, Transpose(wte))` shares `wte` with the
+/// embedding's `Gather`, and tract 0.23.9 folds no constant work over an input with several
+/// readers above 4 MiB (`PropConst`, so that a weight is not copied per reader): the head's
+/// transposition and matmul packing of the whole table then ran at every step, 5x slower than
+/// an untied head (BENCHMARKS.md "Tied heads"). Split, the head's packed table is made once at
+/// load, as an untied head's is: the memory an untied model holds, one packed `[vocab, emb]`
+/// table beside the one the lookup reads.
+fn split_shared_constants(mut model: TypedModel) -> TractResult<TypedModel> {
+    use tract_onnx::tract_core::ops::konst::Const;
+    const SHARED_ABOVE: usize = 4 << 20;
+    let shared: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.outputs.first().is_some_and(|o| o.successors.len() > 1))
+        .filter(|n| {
+            let bytes = |c: &Const| c.val().volume() * c.val().datum_type().size_of();
+            n.op_as::<Const>().is_some_and(|c| bytes(c) > SHARED_ABOVE)
+        })
+        .map(|n| n.id)
+        .collect();
+    for id in shared {
+        let node = model.node(id);
+        let op = node.op_as::<Const>().context("a constant")?.clone();
+        let (name, fact) = (node.name.clone(), node.outputs[0].fact.clone());
+        let readers = node.outputs[0].successors.clone();
+        for (i, reader) in readers.into_iter().enumerate().skip(1) {
+            // `add_node`, not `wire_node`: the latter hands back the equal constant already there.
+            let own =
+                model.add_node(format!("{name}.reader{i}"), op.clone(), tvec![fact.clone()])?;
+            model.add_edge(OutletId::new(own, 0), reader)?;
+        }
+    }
+    Ok(model)
 }
 
 /// Rewrites every GELU(tanh) written as gptc writes it,
@@ -449,6 +486,36 @@ mod tests {
         let model = build_model(&config, options, &mut RandomInit { seed: 1 }, None).unwrap();
         let runtime = TractRuntime::from_bytes(&file::encode(&model)).unwrap();
         runtime.backend().plan().model().nodes().iter().map(|n| n.op.name().to_string()).collect()
+    }
+
+    /// A head tied to the token embedding runs the plan an untied head does: no packing of the
+    /// table left to run at each step (the table, 8192 x 160 float32 = 5.2 MB, is over the size
+    /// above which tract leaves a constant read by several nodes unfolded).
+    #[test]
+    fn a_tied_head_is_packed_once_at_load_as_an_untied_one() {
+        let config = GptConfig {
+            vocab_size: 8192,
+            context_length: 8,
+            emb_dim: 160,
+            n_heads: 2,
+            n_layers: 1,
+            drop_rate: 0.0,
+            qkv_bias: false,
+        };
+        let plan = |tie_weights: bool| {
+            let options = GraphOptions {
+                kv_cache: true,
+                last_token_logits: true,
+                tie_weights,
+                ..Default::default()
+            };
+            let model = build_model(&config, options, &mut RandomInit { seed: 1 }, None).unwrap();
+            let runtime = TractRuntime::from_bytes(&file::encode(&model)).unwrap();
+            let model = runtime.backend().plan().model().clone();
+            let packs = model.nodes().iter().filter(|n| n.op.name() == "OptMatMulPack").count();
+            (packs, model.nodes().len())
+        };
+        assert_eq!(plan(true), plan(false), "(packing ops, nodes): tied, untied");
     }
 
     #[test]
