@@ -3,7 +3,7 @@
 //! `profile`, where tract's decode step spends its time, op by op. For BENCHMARKS.md; not a test.
 //!
 //! `cargo run --release --example family_decode -- PRESET f32|int4 [tract] [ort] [profile]
-//!  [tokens N] [keep DIR]`
+//!  [untied] [tokens N] [keep DIR]`
 //!
 //! The file is exported once into DIR (default: the temp folder) and reused while it is there:
 //! a 1B-parameter random init takes longer than the measurement.
@@ -27,7 +27,12 @@ fn main() -> anyhow::Result<()> {
     let preset = args.first().context("usage: family_decode PRESET f32|int4 ...")?;
     let int4 = has("int4");
     let tokens: usize = value("tokens").map_or(Ok(32), |n| n.parse())?;
-    let config = ModelConfig::preset(preset)?;
+    let mut config = ModelConfig::preset(preset)?;
+    // `untied`: a head of its own, to measure the rest without the tied head's cost.
+    let untied = has("untied");
+    if untied {
+        config.set_head_tied(false);
+    }
     let arch = config.architecture();
     let quantization =
         if int4 { Quantization::Int4 { accuracy_level: 4 } } else { Quantization::None };
@@ -38,7 +43,11 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let dir = value("keep").map_or_else(std::env::temp_dir, PathBuf::from);
-    let stem = format!("{preset}-{}", if int4 { "int4" } else { "f32" });
+    let stem = format!(
+        "{preset}-{}{}",
+        if int4 { "int4" } else { "f32" },
+        if untied { "-untied" } else { "" }
+    );
     let path = dir.join(format!("{stem}.onnx"));
     let bytes_path = dir.join(format!("{stem}.bytes-per-token"));
     if !path.exists() || !bytes_path.exists() {
