@@ -363,3 +363,52 @@ fn a_chunk_after_a_past_sees_exactly_its_causal_keys() {
         }
     }
 }
+
+/// gptc's tract ops serve the new families: one attention op per layer (grouped heads read each
+/// key/value head once for its group), and with 4-bit weights at level 4 every projection and
+/// the head go through gptc's kernel, q/k/v and gate/up each stacked into one op; the logits
+/// stay the reference's at every step.
+#[test]
+fn tract_runs_gptcs_attention_and_4_bit_kernel_for_every_layer() {
+    let int4 = Quantization::Int4 { accuracy_level: 4 };
+    for config in configs() {
+        let layers = 2;
+        for quantization in [Quantization::None, int4] {
+            let options = GraphOptions { quantization, ..CACHE };
+            let (bytes, weights) = match quantization {
+                Quantization::None => compile(&config, options, 23),
+                _ => {
+                    let mut init = RandomInit { seed: 23 };
+                    let model = build_model(&config, options, &mut init, None).unwrap();
+                    (file::encode(&model), dequantized(&model))
+                }
+            };
+            let runtime = TractRuntime::from_bytes(&bytes).unwrap();
+            let plan = runtime.backend().plan().clone();
+            let ops: Vec<String> =
+                plan.model().nodes().iter().map(|n| n.op.name().into()).collect();
+            let count = |name: &str| ops.iter().filter(|op| *op == name).count();
+            let label = format!("{} {quantization:?}", name(&config));
+            assert_eq!(count("GptcAttention"), layers, "{label}: {ops:?}");
+            if quantization == int4 {
+                // q/k/v, o, gate/up and down per layer, then the head.
+                assert_eq!(count("GptcInt4MatMul"), 4 * layers + 1, "{label}: {ops:?}");
+                let others =
+                    ops.iter().filter(|op| op.contains("MatMul") && !op.starts_with("Gptc"));
+                assert_eq!(others.count(), 0, "{label}: {ops:?}");
+            }
+            let reference = Reference::new(&config, &weights).unwrap();
+            let prompt = token_ids(1, 11, config.vocab_size(), 5).row(0).to_vec();
+            let (expected_ids, expected) = reference_greedy(&reference, &prompt, 6);
+            let mut runtime: Box<dyn Runtime> = Box::new(runtime);
+            let (ids, logits) =
+                greedy_with_logits(runtime.as_mut(), std::slice::from_ref(&prompt), 6, CONTEXT);
+            let tolerance = if quantization == int4 { 3e-2 } else { TOLERANCE };
+            assert_eq!(ids[0], expected_ids, "{label}");
+            for (step, (actual, expected)) in logits[0].iter().zip(&expected).enumerate() {
+                let err = relative_error(&as_3d(actual), &as_3d(expected));
+                assert!(err < tolerance, "{label} step {step}: relative error {err}");
+            }
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //! mask hides, and spreads the heads over the crew: faster than tract's own ops for one query
 //! row and for prompts of 16 to 1024 (BENCHMARKS.md).
 
-use tract_onnx::prelude::tract_ndarray::{s, Ix4};
+use tract_onnx::prelude::tract_ndarray::{s, Axis, Ix4, Ix5};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
@@ -19,7 +19,10 @@ use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 use super::crew::crew;
 
 /// `softmax(q k^T scale + bias) v` for `q` `[B, H, S, D]`, `k` and `v` `[B, H, T, D]`, `bias`
-/// broadcastable to `[B, H, S, T]`; the result with its heads merged, `[B, S, H, D]`.
+/// broadcastable to `[B, H, S, T]`; the result with its heads merged, `[B, S, H, D]`. With
+/// grouped heads (Llama 3.2, Qwen3), `q` is `[B, KV, G, S, D]` against `k` and `v`
+/// `[B, KV, T, D]`, `bias` broadcastable to `[B, KV, G, S, T]`, the result `[B, S, KV, G, D]`:
+/// the `G` heads of a group are query rows of one key/value head, which is read once for them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attention {
     scale: f32,
@@ -45,70 +48,101 @@ impl EvalOp for Attention {
 
 impl Attention {
     fn attend(&self, inputs: &[TValue]) -> TractResult<TValue> {
-        let q = inputs[0].to_plain_array_view::<f32>()?.into_dimensionality::<Ix4>()?;
+        let q = inputs[0].to_plain_array_view::<f32>()?;
         let k = inputs[1].to_plain_array_view::<f32>()?.into_dimensionality::<Ix4>()?;
         let v = inputs[2].to_plain_array_view::<f32>()?.into_dimensionality::<Ix4>()?;
-        let bias = inputs[3].to_plain_array_view::<f32>()?.into_dimensionality::<Ix4>()?;
-        let (batch, heads, queries, dim) = q.dim();
+        let bias = inputs[3].to_plain_array_view::<f32>()?;
+        // Grouped heads come as `[B, KV, G, S, D]`; ungrouped ones as `[B, H, S, D]`, one head
+        // to a group.
+        let grouped = q.ndim() == 5;
+        let q = match grouped {
+            true => q.into_dimensionality::<Ix5>()?,
+            false => q.into_dimensionality::<Ix4>()?.insert_axis(Axis(2)),
+        };
+        let (batch, kv_heads, group, queries, dim) = q.dim();
         let keys = k.dim().2;
         ensure!(
-            k.dim() == (batch, heads, keys, dim) && v.dim() == k.dim(),
+            k.dim() == (batch, kv_heads, keys, dim) && v.dim() == k.dim(),
             "GptcAttention: q {:?}, k {:?}, v {:?}",
             q.shape(),
             k.shape(),
             v.shape()
         );
         ensure!(
-            [&q, &k, &v].iter().all(|a| a.is_standard_layout()),
+            [q.is_standard_layout(), k.is_standard_layout(), v.is_standard_layout()]
+                .iter()
+                .all(|&row_major| row_major),
             "GptcAttention: inputs not in row-major order"
         );
+        let heads = kv_heads * group;
+        let out_shape: TVec<usize> = match grouped {
+            true => tvec![batch, queries, kv_heads, group, dim],
+            false => tvec![batch, queries, heads, dim],
+        };
         if q.is_empty() {
-            return Ok(Tensor::zero::<f32>(&[batch, queries, heads, dim])?.into_tvalue());
+            return Ok(Tensor::zero::<f32>(&out_shape)?.into_tvalue());
         }
+        let bias = match bias.ndim() {
+            4 => bias.insert_axis(Axis(2)),
+            _ => bias,
+        };
+        let bias = bias.into_dimensionality::<Ix5>()?;
         let bias = bias
-            .broadcast((batch, heads, queries, keys))
+            .broadcast((batch, kv_heads, group, queries, keys))
             .with_context(|| format!("GptcAttention: bias {:?}", inputs[3].shape()))?;
-        // `[B, H, S, D]`, a head's rows side by side; merged into `[B, S, H, D]` below.
-        let mut by_head = vec![0f32; batch * heads * queries * dim];
+        // A key/value head's query rows (`G S` of them, group by group) side by side, as
+        // `[B, KV, G, S, D]`; merged into `[B, S, KV, G, D]` below.
+        let rows = group * queries;
+        let mut by_head = vec![0f32; batch * kv_heads * rows * dim];
         let head = |i: usize, out: &mut [f32]| {
-            let (b, h) = (i / heads, i % heads);
+            let (b, h) = (i / kv_heads, i % kv_heads);
             let k = k.slice(s![b, h, .., ..]);
             let v = v.slice(s![b, h, .., ..]);
+            let q = q.slice(s![b, h, .., .., ..]);
             // Row-major (checked above): every slice of whole rows is contiguous.
-            let (Some(k), Some(v)) = (k.as_slice(), v.as_slice()) else { return };
+            let (Some(k), Some(v), Some(q)) = (k.as_slice(), v.as_slice(), q.as_slice()) else {
+                return;
+            };
             let mut scratch = Scratch::default();
-            // A block of query rows at a time: each key and value is read once for the block.
+            // A block of query rows at a time, the heads of a group among them: each key and
+            // value is read once for the block.
             for (block, out) in out.chunks_mut(QUERY_BLOCK * dim).enumerate() {
-                let rows = block * QUERY_BLOCK..block * QUERY_BLOCK + out.len() / dim;
-                let q = q.slice(s![b, h, rows.clone(), ..]);
-                let Some(q) = q.as_slice() else { return };
+                let first = block * QUERY_BLOCK;
+                let block_rows = first..first + out.len() / dim;
                 scratch.bias.clear();
-                for row in rows {
-                    scratch.bias.extend(bias.slice(s![b, h, row, ..]).iter());
+                for row in block_rows.clone() {
+                    let (g, query) = (row / queries, row % queries);
+                    scratch.bias.extend(bias.slice(s![b, h, g, query, ..]).iter());
                     scratch.bias.extend([0.0; ROW_PAD]);
                 }
+                let q = &q[block_rows.start * dim..block_rows.end * dim];
                 attend(q, k, v, dim, self.scale, &mut scratch, out);
             }
         };
-        let done = crew().run_on_chunks(&mut by_head, queries * dim, head);
+        let done = crew().run_on_chunks(&mut by_head, rows * dim, head);
         ensure!(done, "GptcAttention: a thread failed");
         let mut merged = vec![0f32; by_head.len()];
-        for (i, rows) in by_head.chunks_exact(queries * dim).enumerate() {
-            let (b, h) = (i / heads, i % heads);
-            for (query, row) in rows.chunks_exact(dim).enumerate() {
-                merged[((b * queries + query) * heads + h) * dim..][..dim].copy_from_slice(row);
+        for (i, rows) in by_head.chunks_exact(rows * dim).enumerate() {
+            let (b, h) = (i / kv_heads, i % kv_heads);
+            for (row, values) in rows.chunks_exact(dim).enumerate() {
+                let (g, query) = (row / queries, row % queries);
+                let at = ((b * queries + query) * heads + h * group + g) * dim;
+                merged[at..][..dim].copy_from_slice(values);
             }
         }
-        Ok(Tensor::from_shape(&[batch, queries, heads, dim], &merged)?.into_tvalue())
+        Ok(Tensor::from_shape(&out_shape, &merged)?.into_tvalue())
     }
 }
 
 impl TypedOp for Attention {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape = inputs[0].shape.clone();
-        let (heads, queries) = (shape[1].clone(), shape[2].clone());
-        shape.set(1, queries);
-        shape.set(2, heads);
+        // `[B, H, S, D] -> [B, S, H, D]`, `[B, KV, G, S, D] -> [B, S, KV, G, D]`.
+        let q = &inputs[0].shape;
+        let shape: TVec<TDim> = match q.rank() {
+            4 => tvec![q[0].clone(), q[2].clone(), q[1].clone(), q[3].clone()],
+            5 => tvec![q[0].clone(), q[3].clone(), q[1].clone(), q[2].clone(), q[4].clone()],
+            rank => bail!("GptcAttention: queries of rank {rank}"),
+        };
         Ok(tvec!(f32::fact(shape)))
     }
 
@@ -332,8 +366,10 @@ fn total([a, b, c, d, e, f, g, h]: [f32; 8]) -> f32 {
 
 /// Replaces each layer's attention chain as tract-onnx types gptc's graph,
 /// `EinSum(q, Move(2,3)(k)) * c + bias -> Softmax(last) -> EinSum(., v) -> Move(1,2)`, by one
-/// [`Attention`]; a layer that differs in any way (types, constants, other consumers) is left
-/// as it is.
+/// [`Attention`]; grouped heads as `EinSum(q, Move(3,4)(AddAxis(2)(k))) * c + bias ->
+/// Softmax(last) -> EinSum(., AddAxis(2)(v)) -> Move(3,1)`, the key/value head broadcast over
+/// its group by the matmuls (which tract packs, the whole cache at every step). A layer that
+/// differs in any way (types, ranks, constants, other consumers) is left as it is.
 pub fn use_attention_kernel(mut model: TypedModel) -> TractResult<TypedModel> {
     let layers: Vec<Chain> =
         model.nodes().iter().filter_map(|node| Chain::ending_at(&model, node)).collect();
@@ -365,12 +401,17 @@ struct Chain {
 
 impl Chain {
     fn ending_at(model: &TypedModel, context: &TypedNode) -> Option<Chain> {
-        let matmul = |n: &TypedNode| {
-            n.op_as::<EinSum>().is_some_and(|e| {
-                e.q_params.is_none()
-                    && e.operating_dt == f32::datum_type()
-                    && e.axes.to_string() == "abmk,abkn->abmn"
-            })
+        // Ungrouped `[B, H, ., .]` or grouped `[B, KV, G, ., .]` batched matmuls.
+        let matmul_rank = |n: &TypedNode| {
+            let e = n.op_as::<EinSum>()?;
+            if e.q_params.is_some() || e.operating_dt != f32::datum_type() {
+                return None;
+            }
+            match &*e.axes.to_string() {
+                "abmk,abkn->abmn" => Some(4),
+                "abcmk,abckn->abcmn" => Some(5),
+                _ => None,
+            }
         };
         let binary = |n: &TypedNode, mul: bool| {
             n.op_as::<TypedBinOp>().is_some_and(|b| match mul {
@@ -386,39 +427,61 @@ impl Chain {
                 && !model.output_outlets().ok()?.contains(&outlet))
             .then_some(node)
         };
+        let axis_op = |n: &TypedNode, op: AxisOp| n.op_as::<AxisOp>() == Some(&op);
+        let rank = |o: OutletId| model.outlet_fact(o).map(|f| f.rank()).ok();
+        // Each op is checked before its inputs are read: the count of inputs is the op's.
+        let rank_of_heads = matmul_rank(context)?;
+        let last = rank_of_heads - 1;
         let is_softmax = |n: &TypedNode| {
             n.op_as::<Softmax>().is_some_and(|s| {
-                s.kind == SoftmaxKind::Softmax && s.quant_output_dt.is_none() && s.axes[..] == [3]
+                s.kind == SoftmaxKind::Softmax
+                    && s.quant_output_dt.is_none()
+                    && s.axes[..] == [last]
             })
         };
-        let moves_last_two =
-            |n: &TypedNode| matches!(n.op_as::<AxisOp>(), Some(AxisOp::Move(2, 3)));
-        // Each op is checked before its inputs are read: the count of inputs is the op's.
-        if !matmul(context) {
-            return None;
-        }
         let softmax = only(context.inputs[0]).filter(|n| is_softmax(n))?;
         let add = only(softmax.inputs[0]).filter(|n| binary(n, false))?;
         let multiply = only(add.inputs[0]).filter(|n| binary(n, true))?;
-        let scores = only(multiply.inputs[0]).filter(|n| matmul(n))?;
-        let transpose = only(scores.inputs[1]).filter(|n| moves_last_two(n))?;
+        let scores = only(multiply.inputs[0]).filter(|n| matmul_rank(n) == Some(rank_of_heads))?;
+        let transposed = only(scores.inputs[1])?;
+        // The key and value heads themselves, `[B, KV, T, D]`.
+        let (k, v, merge) = match rank_of_heads {
+            4 => {
+                let k = axis_op(transposed, AxisOp::Move(2, 3)).then_some(transposed.inputs[0])?;
+                (k, context.inputs[1], AxisOp::Move(1, 2))
+            }
+            _ => {
+                let unsqueezed = axis_op(transposed, AxisOp::Move(3, 4))
+                    .then(|| only(transposed.inputs[0]))??;
+                let k = axis_op(unsqueezed, AxisOp::Add(2)).then_some(unsqueezed.inputs[0])?;
+                let values = only(context.inputs[1])?;
+                let v = axis_op(values, AxisOp::Add(2)).then_some(values.inputs[0])?;
+                (k, v, AxisOp::Move(3, 1))
+            }
+        };
         let scale = model.outlet_fact(multiply.inputs[1]).ok()?.konst.clone()?;
+        // Read from the one float itself: tract's `cast_to_scalar` refuses a rank-5 tensor.
         let scale = match scale.datum_type() == f32::datum_type() && scale.len() == 1 {
-            true => scale.cast_to_scalar::<f32>().ok()?,
+            true => *scale.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.first()?,
             false => return None,
         };
-        let f32_inputs = [context.inputs[1], add.inputs[1], scores.inputs[0], transpose.inputs[0]]
+        let (q, bias) = (scores.inputs[0], add.inputs[1]);
+        let f32_inputs = [q, k, v, bias]
             .iter()
             .all(|&o| model.outlet_fact(o).is_ok_and(|f| f.datum_type == f32::datum_type()));
+        let ranks_hold = rank(q) == Some(rank_of_heads)
+            && rank(k) == Some(4)
+            && rank(v) == Some(4)
+            && rank(bias).is_some_and(|r| r == 4 || r == rank_of_heads);
         let merge = only(context.id.into()).and_then(|_| {
             let next = model.node(context.outputs[0].successors[0].node);
-            matches!(next.op_as::<AxisOp>(), Some(AxisOp::Move(1, 2))).then_some(next)
+            axis_op(next, merge).then_some(next)
         })?;
-        f32_inputs.then_some(Chain {
-            q: scores.inputs[0],
-            k: transpose.inputs[0],
-            v: context.inputs[1],
-            bias: add.inputs[1],
+        (f32_inputs && ranks_hold).then_some(Chain {
+            q,
+            k,
+            v,
+            bias,
             scale,
             context: context.id,
             merge: merge.id,
@@ -558,6 +621,66 @@ mod tests {
                     let shape = (batch, queries, keys, dim);
                     assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{shape:?}: {a} vs {e}");
                 }
+            }
+        }
+    }
+
+    /// Grouped heads (Llama 3.2, Qwen3) give what each query head gets from its key/value head
+    /// repeated, ungrouped: one query (decode) and prompts, with a past, head_dim up to 128.
+    #[test]
+    fn grouped_heads_attend_as_their_key_value_heads_repeated() {
+        let op = Attention { scale: 0.125 };
+        for (batch, kv, group, queries, keys, dim) in [
+            (1, 2, 4, 1, 9, 64),
+            (2, 8, 2, 1, 33, 128),
+            (1, 2, 2, 13, 20, 128),
+            (2, 1, 4, 9, 9, 32),
+            (3, 2, 3, 5, 12, 32),
+            (1, 2, 2, 0, 3, 32),
+        ] {
+            let past = keys - queries;
+            let bias: Vec<f32> = (0..batch * queries * keys)
+                .map(|i| {
+                    let (b, s, t) = (i / (queries * keys), i / keys % queries, i % keys);
+                    let hidden = t > past + s || (b == 1 && t % 3 == 1);
+                    if hidden {
+                        f32::MIN
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let heads = kv * group;
+            let q = values(&[batch, kv, group, queries, dim], 1);
+            let (k, v) = (values(&[batch, kv, keys, dim], 2), values(&[batch, kv, keys, dim], 3));
+            let grouped = [
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                Tensor::from_shape(&[batch, 1, 1, queries, keys], &bias).unwrap().into_tvalue(),
+            ];
+            // Head `h` of the ungrouped form is head `h % group` of group `h / group`.
+            let repeated = |x: &TValue| {
+                let x = x.to_plain_array_view::<f32>().unwrap();
+                let rows: Vec<f32> = (0..batch * heads)
+                    .flat_map(|i| x.slice(s![i / heads, i % heads / group, .., ..]).to_owned())
+                    .collect();
+                Tensor::from_shape(&[batch, heads, keys, dim], &rows).unwrap().into_tvalue()
+            };
+            let ungrouped = [
+                q.into_tensor().into_shape(&[batch, heads, queries, dim]).unwrap().into_tvalue(),
+                repeated(&k),
+                repeated(&v),
+                Tensor::from_shape(&[batch, 1, queries, keys], &bias).unwrap().into_tvalue(),
+            ];
+            let ours = op.attend(&grouped).unwrap();
+            assert_eq!(ours.shape(), &[batch, queries, kv, group, dim]);
+            let expected = reference(&ungrouped, op.scale);
+            let ours = ours.to_plain_array_view::<f32>().unwrap();
+            assert_eq!(ours.len(), expected.len());
+            for (a, e) in ours.iter().zip(&expected) {
+                let shape = (batch, kv, group, queries, keys, dim);
+                assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{shape:?}: {a} vs {e}");
             }
         }
     }
