@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use gptc::bench::{measure, read_bandwidth};
+use gptc::bench::{bytes_read_per_token, measure, read_bandwidth};
 use gptc::runtime::ort::{Device, OrtRuntime};
 use gptc::runtime::tract::TractRuntime;
 use gptc_graph::file::{self, WeightLayout};
@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         let model = build_model(&config, options, &mut RandomInit { seed: 123 }, Some(123))?;
         std::fs::create_dir_all(&dir)?;
         file::write_model(&path, &model, WeightLayout::Auto)?;
-        std::fs::write(&bytes_path, bytes_read_per_token(&model, &arch).to_string())?;
+        std::fs::write(&bytes_path, bytes_read_per_token(&model, &arch.names).to_string())?;
         println!("export      {:.1} s -> {}", start.elapsed().as_secs_f64(), path.display());
     }
     let read_per_token: f64 = std::fs::read_to_string(&bytes_path)?.trim().parse()?;
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         let mut tract = TractRuntime::from_path(&path)?;
         let load_s = start.elapsed().as_secs_f64();
         if has("tract") {
-            let figures = measure(&mut tract, load_s, &[], tokens, context)?;
+            let figures = measure(&mut tract, load_s, &[], tokens, context, arch.vocab_size)?;
             println!("{figures}");
             rates.push(("tract", figures.decode_tokens_per_s));
         }
@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         let mut ort = OrtRuntime::from_path(&path, Device::Cpu)?;
         let load_s = start.elapsed().as_secs_f64();
-        let figures = measure(&mut ort, load_s, &[], tokens, context)?;
+        let figures = measure(&mut ort, load_s, &[], tokens, context, arch.vocab_size)?;
         println!("{figures}");
         rates.push(("ort", figures.decode_tokens_per_s));
     }
@@ -96,27 +96,6 @@ fn main() -> anyhow::Result<()> {
         println!("tract/ort   {:.2}x", tract / ort);
     }
     Ok(())
-}
-
-/// Every stored tensor once, except the token embedding when only rows of it are gathered (a
-/// head of its own, 4-bit or untied): one row then.
-fn bytes_read_per_token(
-    model: &gptc_graph::onnx::ModelProto,
-    arch: &gptc_graph::architecture::Architecture,
-) -> u64 {
-    let Some(graph) = &model.graph else { return 0 };
-    let own_head = graph.initializer.iter().any(|t| t.name.starts_with(arch.names.output_head));
-    graph
-        .initializer
-        .iter()
-        .map(|t| {
-            let bytes = file::tensor_byte_len(t) as u64;
-            match t.name == arch.names.token_embedding && own_head {
-                true => bytes / t.dims.first().map_or(1, |&r| r.max(1) as u64),
-                false => bytes,
-            }
-        })
-        .sum()
 }
 
 /// A 16-token prefill, then `steps` one-token steps, each op's eval timed and grouped by op and

@@ -130,21 +130,21 @@ impl std::fmt::Display for RuntimeFigures {
 
 /// The bytes one decode step must read: every stored tensor once (4-bit blocks and their
 /// scales as stored), except the tables that are gathered from, of which one row each: the
-/// embeddings (unless the head multiplies by the token embedding) and the causal table.
-pub fn bytes_read_per_token(model: &gptc_graph::onnx::ModelProto) -> u64 {
-    use gptc_graph::names;
+/// learned positions, and the token embedding when the head is a matrix of its own (a tied
+/// head, float or 4-bit, reads its whole table every step).
+pub fn bytes_read_per_token(
+    model: &gptc_graph::onnx::ModelProto,
+    names: &gptc_graph::names::ModuleNames,
+) -> u64 {
     let Some(graph) = &model.graph else { return 0 };
-    let tied = !graph.initializer.iter().any(|t| t.name.starts_with(names::OUTPUT_HEAD));
+    let own_head = graph.initializer.iter().any(|t| t.name.starts_with(names.output_head));
     graph
         .initializer
         .iter()
         .map(|t| {
             let bytes = file::tensor_byte_len(t) as u64;
-            let embedding =
-                t.name == names::TOKEN_EMBEDDING || t.name == names::LLAMA_MODULES.token_embedding;
-            let gathered = t.name == names::POSITION_EMBEDDING
-                || t.name == names::CAUSAL_MASK
-                || (embedding && !tied);
+            let gathered = Some(t.name.as_str()) == names.position_embedding
+                || (t.name == names.token_embedding && own_head);
             match (gathered, t.dims.first()) {
                 (true, Some(&rows)) if rows > 0 => bytes / rows as u64,
                 _ => bytes,
@@ -223,7 +223,7 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
         quantization: plan.quantization,
     };
     let model = gptc_graph::build_model(config, options, &mut RandomInit { seed: 123 }, Some(123))?;
-    let read_per_token = bytes_read_per_token(&model) as f64;
+    let read_per_token = bytes_read_per_token(&model, &config.architecture().names) as f64;
     let staging = match &plan.keep_in {
         Some(_) => None,
         None => Some(StagingDir::new()?),
