@@ -9,23 +9,8 @@ use gptc_graph::{
 use std::path::Path;
 
 use crate::runtime::tract::inferred_io_at;
+use crate::runtime::{canonical_dim, InferredTensor};
 use crate::{Error, Result};
-
-/// A graph input or output as tract's analysis sees it: ONNX dtype name and dims
-/// (numbers, or the symbols of named dims).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InferredTensor {
-    pub name: String,
-    pub dtype: String,
-    pub dims: Vec<String>,
-}
-
-/// A dim written as a sum of terms, in a canonical order: `"b + a"` and `"a+b"` agree.
-pub fn canonical_dim(dim: &str) -> String {
-    let mut terms: Vec<&str> = dim.split('+').map(str::trim).collect();
-    terms.sort_unstable();
-    terms.join("+")
-}
 
 /// The variant a file was built as: what its metadata records, or for a file without gptc's
 /// metadata, what it declares (a KV cache when it has past inputs, last-token logits when its

@@ -32,7 +32,6 @@
 //! # }
 //! ```
 
-pub mod bench;
 pub mod check;
 pub mod folder;
 pub mod generate;
@@ -40,7 +39,6 @@ pub mod inspect;
 pub mod memory;
 pub mod model;
 pub mod progress;
-pub mod reference;
 pub mod runtime;
 pub mod sampling;
 pub mod session;

@@ -23,8 +23,9 @@ pub fn peak_rss_bytes() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// Loading holds a model about 2.5 times over at its peak (1.56 GB measured for gpt2-small's
-/// 0.65 GB); counted in halves.
+/// Loading holds a model about 2.5 times over at its peak (the file's bytes, tract's typed
+/// copy, and its packed weights while the typed ones are still alive; BENCHMARKS.md, "Real
+/// weights", has it measured); counted in halves.
 pub const LOAD_FACTOR: u64 = 3;
 
 /// Copies of one run's logits alive at once: the runtime's output tensor and the array the

@@ -1,12 +1,12 @@
 //! Llama and Qwen3 graphs with random weights: tract (and ONNX Runtime) agree with the
-//! independent ndarray forward (`gptc::reference::llama`), without and with the KV cache (every
+//! independent ndarray forward (`common::reference::llama`), without and with the KV cache (every
 //! decode step has a past), with grouped and ungrouped key/value heads, tied and untied heads,
 //! left-padded batches, float16 and 4-bit weights.
 
 mod common;
 
+use common::reference::llama::Reference;
 use common::{greedy_with_logits, relative_error, token_ids};
-use gptc::reference::llama::Reference;
 use gptc::runtime::ort::{Device, OrtRuntime};
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::{Runtime, Step};
@@ -334,7 +334,9 @@ fn a_chunk_after_a_past_sees_exactly_its_causal_keys() {
         let (bytes, weights) = compile(&config, CACHE, 23);
         let ids = token_ids(2, 8, config.vocab_size(), 6);
         let expected = match &config {
-            ModelConfig::Gpt2(gpt2) => gptc::reference::Reference::new(gpt2, &weights).logits(&ids),
+            ModelConfig::Gpt2(gpt2) => {
+                common::reference::Reference::new(gpt2, &weights).logits(&ids)
+            }
             _ => Reference::new(&config, &weights).unwrap().logits(&ids),
         }
         .unwrap();

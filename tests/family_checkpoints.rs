@@ -7,8 +7,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::reference::llama::Reference;
 use common::{greedy_with_logits, relative_error};
-use gptc::reference::llama::Reference;
 use gptc::runtime::ort::{Device, OrtRuntime};
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::{Runtime, Step};

@@ -4,8 +4,8 @@
 
 mod common;
 
+use common::reference::Reference;
 use common::{assert_success, gptc, reference_greedy, stderr, stdout};
-use gptc::reference::Reference;
 use gptc_graph::file;
 
 fn generated_ids(model: &str, runtime: &str) -> Vec<i64> {

@@ -2,8 +2,8 @@
 
 mod common;
 
+use common::reference::Reference;
 use common::{assert_success, gptc, reference_greedy, stdout};
-use gptc::reference::Reference;
 use gptc_graph::file;
 
 fn generated_ids(args: &[&str]) -> (Vec<i64>, Vec<i64>) {

@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use common::reference::Reference;
 use common::{assert_success, gptc, relative_error, stderr, token_ids};
-use gptc::reference::Reference;
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::{Runtime, Step};
 use gptc_graph::{GptConfig, Init, NamedTensor, RandomInit, TensorMap, WeightSource};

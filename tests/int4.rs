@@ -5,9 +5,9 @@
 
 mod common;
 
+use common::reference::Reference;
 use common::{assert_success, gptc_in, relative_error, stderr, tiny_config, token_ids, CACHE};
 use common::{greedy_with_logits, reference_greedy, PLAIN};
-use gptc::reference::Reference;
 use gptc::runtime::ort::{Device, OrtRuntime};
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::{Runtime, Step};

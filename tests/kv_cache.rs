@@ -3,11 +3,11 @@
 
 mod common;
 
+use common::reference::Reference;
 use common::{
     compile_with, greedy_with_logits, reference_greedy, relative_error, tiny_config, token_ids,
     CACHE, CACHE_LAST, PLAIN,
 };
-use gptc::reference::Reference;
 use gptc::runtime::tract::TractRuntime;
 use gptc_graph::GptConfig;
 use ndarray::{Array1, Array3};

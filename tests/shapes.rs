@@ -4,8 +4,8 @@
 mod common;
 
 use common::{compile, compile_with, tiny_config, ALL_VARIANTS};
-use gptc::check::{canonical_dim, InferredTensor};
 use gptc::runtime::tract::inferred_io;
+use gptc::runtime::{canonical_dim, InferredTensor};
 use gptc_graph::onnx::{Dim, ModelProto, ValueInfoProto};
 use gptc_graph::{GptConfig, GraphOptions};
 use prost::Message;

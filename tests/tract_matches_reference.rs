@@ -2,8 +2,8 @@
 
 mod common;
 
+use common::reference::Reference;
 use common::{compile, relative_error, tiny_config, token_ids};
-use gptc::reference::Reference;
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::{Runtime, Step};
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use gptc::bench::{self, BenchPlan};
+use super::bench::{self, BenchPlan};
 use gptc::folder::FolderModel;
 use gptc::model::compile;
 use gptc::progress::Progress;

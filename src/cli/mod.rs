@@ -1,4 +1,5 @@
-//! The `gptc` command line: its arguments, and what each command prints.
+//! The `gptc` command line: its arguments, what each command prints, and the bench it runs.
 
 pub mod args;
+pub mod bench;
 pub mod commands;

@@ -1,11 +1,10 @@
 //! One layer's attention, `softmax(q k^T c + bias) v`, as one tract op.
 //!
 //! tract runs it as two batched matmuls whose operands it packs first: at every decode step it
-//! packs the whole key and value cache of every layer for one query row, and the packing and
-//! twelve one-row matmuls took 0.8 of a 3.6 ms int4 gpt2-small step (BENCHMARKS.md). This op
-//! reads each key and value once per block of query rows instead, skips the keys the causal
-//! mask hides, and spreads the heads over the crew: faster than tract's own ops for one query
-//! row and for prompts of 16 to 1024 (BENCHMARKS.md).
+//! packs the whole key and value cache of every layer for one query row. This op reads each
+//! key and value once per block of query rows instead (once for all the query heads of a group,
+//! under grouped-query attention), skips the keys the causal mask hides, and spreads the heads
+//! over the crew. BENCHMARKS.md has what each measured.
 
 use tract_onnx::prelude::tract_ndarray::{s, Axis, Ix4, Ix5};
 use tract_onnx::prelude::*;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gptc_graph::file::{self, WeightLayout};
+use gptc_graph::file::{self, StagingDir, WeightLayout};
 use gptc_graph::{GraphOptions, ModelConfig};
 
 use super::ort::{Device, OrtRuntime};
@@ -180,22 +180,4 @@ fn ort_opened(runtime: OrtRuntime) -> Opened {
 
 fn spinner(what: &str, kind: RuntimeKind) -> Progress {
     Progress::spinner(&format!("{what} ({}: parse, optimize, plan)", kind.label()))
-}
-
-/// A private folder in the temp dir, removed with everything in it when dropped.
-pub(crate) struct StagingDir(pub PathBuf);
-
-impl StagingDir {
-    pub(crate) fn new() -> Result<StagingDir> {
-        let dir = std::env::temp_dir().join(format!("gptc-{}", std::process::id()));
-        file::create_temporary_dir(&dir)?;
-        Ok(StagingDir(dir))
-    }
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        file::unregister_temporary(&self.0);
-    }
 }

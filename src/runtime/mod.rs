@@ -253,6 +253,22 @@ pub fn cache_geometry(dims: &[Option<i64>]) -> Result<(usize, usize)> {
     }
 }
 
+/// A graph input or output as tract's analysis sees it: ONNX dtype name and dims
+/// (numbers, or the symbols of named dims).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InferredTensor {
+    pub name: String,
+    pub dtype: String,
+    pub dims: Vec<String>,
+}
+
+/// A dim written as a sum of terms, in a canonical order: `"b + a"` and `"a+b"` agree.
+pub fn canonical_dim(dim: &str) -> String {
+    let mut terms: Vec<&str> = dim.split('+').map(str::trim).collect();
+    terms.sort_unstable();
+    terms.join("+")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,8 +15,10 @@ use gptc_graph::names::{self, InputRole, KvPart};
 
 use super::attention::use_attention_kernel;
 use super::int4::{onnx, stack_siblings};
-use super::{cache_geometry, Backend, Engine, InputLayout, LogitPositions, Outputs};
-use crate::check::{canonical_dim, InferredTensor};
+use super::{
+    cache_geometry, canonical_dim, Backend, Engine, InferredTensor, InputLayout, LogitPositions,
+    Outputs,
+};
 use crate::{Error, Result};
 
 type Plan = Arc<TypedRunnableModel>;
@@ -189,7 +191,7 @@ pub fn use_all_cores() {
         }
         // tract threads a matmul from 2^21 multiply-adds on; a decode step's q/k/v and output
         // projections (emb^2 = 0.6M for gpt2-small) then run on one core. From 2^18 on they
-        // are split too: 31.6 -> 38.3 tokens/s for gpt2-small decode (BENCHMARKS.md).
+        // are split too (BENCHMARKS.md has the decode rates before and after).
         tract_linalg::multithread::set_threading_mac_threshold(1 << 18);
     });
 }
@@ -321,8 +323,8 @@ pub fn optimized(model: InferenceModel) -> Result<TypedModel> {
 /// same tensor (no copy). A tied head's `MatMul(x, Transpose(wte))` shares `wte` with the
 /// embedding's `Gather`, and tract 0.23.9 folds no constant work over an input with several
 /// readers above 4 MiB (`PropConst`, so that a weight is not copied per reader): the head's
-/// transposition and matmul packing of the whole table then ran at every step, 5x slower than
-/// an untied head (BENCHMARKS.md "Tied heads"). Split, the head's packed table is made once at
+/// transposition and matmul packing of the whole table then ran at every step (BENCHMARKS.md,
+/// "Tied heads"). Split, the head's packed table is made once at
 /// load, as an untied head's is: the memory an untied model holds, one packed `[vocab, emb]`
 /// table beside the one the lookup reads.
 fn split_shared_constants(mut model: TypedModel) -> TractResult<TypedModel> {

@@ -1,11 +1,12 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod reference;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 use gptc::generate::{generate, Next};
-use gptc::reference::Reference;
 use gptc::runtime::Runtime;
 use gptc::sampling::argmax;
 pub use gptc_graph::GptConfig;
@@ -13,6 +14,7 @@ use gptc_graph::{
     build_model, file, GraphOptions, Precision, Quantization, RandomInit, Recording, TensorMap,
 };
 use ndarray::{s, Array1, Array2, Array3};
+use reference::Reference;
 
 /// A small GPT-2: the real vocabulary and tokenizer, a few narrow layers.
 pub fn tiny_config(n_layers: usize, qkv_bias: bool) -> GptConfig {

@@ -9,7 +9,7 @@ use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, Axis};
 use gptc_graph::config::LAYER_NORM_EPS;
 use gptc_graph::{names, GptConfig, TensorMap};
 
-use crate::{Error, Result};
+use gptc::{Error, Result};
 
 pub struct Reference<'w> {
     config: GptConfig,

@@ -8,7 +8,7 @@ use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, Axis};
 use gptc_graph::llama::RopeFrequencyScaling;
 use gptc_graph::{ModelConfig, TensorMap};
 
-use crate::{Error, Result};
+use gptc::{Error, Result};
 
 /// What the forward reads of a Llama or Qwen3 config.
 struct Shape {

@@ -3,19 +3,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use gptc_graph::file::{self, WeightLayout};
+use gptc_graph::file::{self, StagingDir, WeightLayout};
 use gptc_graph::{GraphOptions, ModelConfig, Precision, Quantization, RandomInit};
 use ndarray::ArrayView1;
 
-use crate::generate::{generate, Next};
-use crate::inspect::thousands;
-use crate::memory;
-use crate::runtime::load::StagingDir;
-use crate::runtime::ort::{Device, OrtRuntime};
-use crate::runtime::tract::TractRuntime;
-use crate::runtime::Runtime;
-use crate::sampling::argmax;
-use crate::{Error, Result};
+use gptc::generate::{generate, Next};
+use gptc::inspect::thousands;
+use gptc::memory;
+use gptc::runtime::ort::{Device, OrtRuntime};
+use gptc::runtime::tract::TractRuntime;
+use gptc::runtime::Runtime;
+use gptc::sampling::argmax;
+use gptc::{Error, Result};
 
 /// Read bandwidth of main memory in bytes/s: the best of several passes summing a buffer far
 /// larger than the caches, on as many threads as tract uses. Decoding one token must read every
@@ -276,7 +275,7 @@ pub fn run(plan: &BenchPlan) -> Result<BenchReport> {
         family: config.family().model_type().into(),
         n_layers: arch.n_layers,
         emb_dim: arch.emb_dim,
-        parameters: crate::model::stored_parameters(config, options),
+        parameters: gptc::model::stored_parameters(config, options),
         export_s,
         export_peak_rss_gb,
         file_mb,

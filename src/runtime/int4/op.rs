@@ -1,0 +1,74 @@
+//! The tract op around the kernel.
+
+use std::sync::Arc;
+
+use super::weights::Int4Weights;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+/// `y = A W^T` for a float32 `A` of `[.., k]`: tract's op around [`Int4Weights::matmul`]. The
+/// weights may be several matrices stacked along `n` (q, k and v of a layer), one output each.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Int4MatMul {
+    pub weights: Arc<Int4Weights>,
+    /// Outputs of each matrix stacked in `weights`, in order; they sum to `weights.n`.
+    pub outputs: TVec<usize>,
+}
+
+impl Int4MatMul {
+    pub(super) fn new(weights: Arc<Int4Weights>) -> Int4MatMul {
+        Int4MatMul { outputs: tvec![weights.n], weights }
+    }
+}
+
+impl Op for Int4MatMul {
+    fn name(&self) -> StaticName {
+        "GptcInt4MatMul".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Int4MatMul {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let a = inputs[0].to_plain_array_view::<f32>()?;
+        let (k, n) = (self.weights.k, self.weights.n);
+        ensure!(a.shape().last() == Some(&k), "GptcInt4MatMul: input {:?}, k {k}", a.shape());
+        let rows = a.len() / k;
+        let a = a.as_standard_layout();
+        let x = a.as_slice().context("a standard layout array is contiguous")?;
+        let mut y = vec![0f32; rows * n];
+        self.weights.matmul(x, &mut y)?;
+        let mut shape: TVec<usize> = a.shape().into();
+        if let [_] = self.outputs[..] {
+            *shape.last_mut().context("rank 0")? = n;
+            return Ok(tvec!(tract_ndarray::ArrayD::from_shape_vec(&*shape, y)?.into_tvalue()));
+        }
+        let mut first = 0;
+        let mut outputs = TVec::new();
+        for &width in &self.outputs {
+            *shape.last_mut().context("rank 0")? = width;
+            let part: Vec<f32> =
+                y.chunks_exact(n).flat_map(|row| &row[first..first + width]).copied().collect();
+            outputs.push(Tensor::from_shape(&shape, &part)?.into_tvalue());
+            first += width;
+        }
+        Ok(outputs)
+    }
+}
+
+impl TypedOp for Int4MatMul {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let last = inputs[0].rank().checked_sub(1).context("GptcInt4MatMul: an input of rank 0")?;
+        let fact = |width: &usize| {
+            let mut shape = inputs[0].shape.clone();
+            shape.set(last, width.to_dim());
+            f32::fact(shape)
+        };
+        Ok(self.outputs.iter().map(fact).collect())
+    }
+
+    as_op!();
+}
