@@ -479,7 +479,7 @@ fn gpt2_side_files(
     let mut files = vec![
         ("config.json", pretty(config_json(config, options))),
         ("generation_config.json", pretty(generation_config_json())),
-        ("genai_config.json", pretty(genai_config_json(config))),
+        ("genai_config.json", pretty(gpt2_genai_config_json(config))),
     ];
     // GPT-2's BPE covers ids up to 50256: a larger vocabulary has no text for its other ids.
     if config.vocab_size == GPT2_VOCAB_SIZE {
@@ -670,16 +670,27 @@ fn hf_generation_config_json(special: &SpecialIds) -> Value {
 /// onnxruntime-genai's config of a Llama or Qwen3 model: the type its model builder writes for
 /// the architecture (`llama`, `qwen3`), the cache of `n_kv_groups` heads, gptc's I/O names.
 fn family_genai_config_json(config: &ModelConfig, special: &SpecialIds) -> Value {
-    use gptc_graph::names::KvPart;
     let a = config.architecture();
     // genai needs ids here: a model without a tokenizer gets id 0, which it never stops at
     // (generation runs to max_length), and pads with the end id as its builder does.
     let eos = if special.eos.is_empty() { json!(0) } else { ids_json(&special.eos) };
     let pad = special.pad.or(special.eos.first().copied()).unwrap_or(0);
+    genai_config_json(&a, a.family.model_type(), special.bos.unwrap_or(0), eos, pad)
+}
+
+/// onnxruntime-genai's config of any family's model, `model_type` as genai names it.
+fn genai_config_json(
+    a: &gptc_graph::architecture::Architecture,
+    model_type: &str,
+    bos: i64,
+    eos: Value,
+    pad: i64,
+) -> Value {
+    use gptc_graph::names::KvPart;
     json!({
         "model": {
-            "type": a.family.model_type(),
-            "bos_token_id": special.bos.unwrap_or(0),
+            "type": model_type,
+            "bos_token_id": bos,
             "eos_token_id": eos,
             "pad_token_id": pad,
             "context_length": a.context_length,
@@ -721,55 +732,14 @@ fn family_genai_config_json(config: &ModelConfig, special: &SpecialIds) -> Value
     })
 }
 
-fn generation_config_json() -> Value {
-    json!({ "bos_token_id": END_OF_TEXT, "eos_token_id": END_OF_TEXT, "do_sample": false })
+/// GPT-2's, as the `decoder` type genai runs it: end-of-text begins, ends and pads.
+fn gpt2_genai_config_json(c: &gptc_graph::GptConfig) -> Value {
+    let a = ModelConfig::Gpt2(c.clone()).architecture();
+    genai_config_json(&a, "decoder", END_OF_TEXT, json!(END_OF_TEXT), END_OF_TEXT)
 }
 
-fn genai_config_json(c: &gptc_graph::GptConfig) -> Value {
-    use gptc_graph::names::KvPart;
-    json!({
-        "model": {
-            "type": "decoder",
-            "bos_token_id": END_OF_TEXT,
-            "eos_token_id": END_OF_TEXT,
-            "pad_token_id": END_OF_TEXT,
-            "context_length": c.context_length,
-            "vocab_size": c.vocab_size,
-            "decoder": {
-                "filename": MODEL_FILE,
-                "session_options": { "log_id": "onnxruntime-genai", "provider_options": [] },
-                "head_size": c.head_dim(),
-                "hidden_size": c.emb_dim,
-                "num_attention_heads": c.n_heads,
-                "num_key_value_heads": c.n_heads,
-                "num_hidden_layers": c.n_layers,
-                "inputs": {
-                    "input_ids": names::INPUT_IDS,
-                    "attention_mask": names::ATTENTION_MASK,
-                    "position_ids": names::POSITION_IDS,
-                    "past_key_names": names::past("%d", KvPart::Key),
-                    "past_value_names": names::past("%d", KvPart::Value),
-                },
-                "outputs": {
-                    "logits": names::LOGITS,
-                    "present_key_names": names::present("%d", KvPart::Key),
-                    "present_value_names": names::present("%d", KvPart::Value),
-                },
-            },
-        },
-        "search": {
-            "do_sample": false,
-            "max_length": c.context_length,
-            "min_length": 0,
-            "num_beams": 1,
-            "num_return_sequences": 1,
-            "past_present_share_buffer": false,
-            "repetition_penalty": 1.0,
-            "temperature": 1.0,
-            "top_k": 1,
-            "top_p": 1.0,
-        },
-    })
+fn generation_config_json() -> Value {
+    json!({ "bos_token_id": END_OF_TEXT, "eos_token_id": END_OF_TEXT, "do_sample": false })
 }
 
 fn special_token(id: i64) -> Value {

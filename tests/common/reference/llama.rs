@@ -8,6 +8,7 @@ use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, Axis};
 use gptc_graph::llama::RopeFrequencyScaling;
 use gptc_graph::{ModelConfig, TensorMap};
 
+use super::{matrix, vector};
 use gptc::{Error, Result};
 
 /// What the forward reads of a Llama or Qwen3 config.
@@ -64,15 +65,11 @@ impl<'w> Reference<'w> {
     }
 
     fn matrix(&self, name: &str) -> Result<ArrayView2<'w, f32>> {
-        let t = self.weights.get(name)?;
-        let [rows, cols] = t.shape[..] else {
-            return Err(Error::Usage(format!("{name}: expected a matrix, got {:?}", t.shape)));
-        };
-        Ok(ArrayView2::from_shape((rows, cols), &t.data).expect("shape matches data"))
+        matrix(self.weights, name)
     }
 
     fn vector(&self, name: &str) -> Result<ArrayView1<'w, f32>> {
-        Ok(ArrayView1::from(&self.weights.get(name)?.data[..]))
+        vector(self.weights, name)
     }
 
     /// Logits `[batch, seq, vocab]` for rows without padding, positions 0, 1, ...

@@ -22,15 +22,11 @@ impl<'w> Reference<'w> {
     }
 
     fn matrix(&self, name: &str) -> Result<ArrayView2<'w, f32>> {
-        let t = self.weights.get(name)?;
-        let [rows, cols] = t.shape[..] else {
-            return Err(Error::Usage(format!("{name}: expected a matrix, got {:?}", t.shape)));
-        };
-        Ok(ArrayView2::from_shape((rows, cols), &t.data).expect("shape matches data"))
+        matrix(self.weights, name)
     }
 
     fn vector(&self, name: &str) -> Result<ArrayView1<'w, f32>> {
-        Ok(ArrayView1::from(&self.weights.get(name)?.data[..]))
+        vector(self.weights, name)
     }
 
     /// Logits `[batch, seq, vocab]` for every position of every row.
@@ -130,6 +126,19 @@ fn softmax_rows(x: &mut Array2<f32>) {
         let sum: f32 = row.sum();
         row /= sum;
     }
+}
+
+/// The weight `name` as a matrix (the one shape check both references make).
+fn matrix<'w>(weights: &'w TensorMap, name: &str) -> Result<ArrayView2<'w, f32>> {
+    let t = weights.get(name)?;
+    let [rows, cols] = t.shape[..] else {
+        return Err(Error::Usage(format!("{name}: expected a matrix, got {:?}", t.shape)));
+    };
+    Ok(ArrayView2::from_shape((rows, cols), &t.data).expect("shape matches data"))
+}
+
+fn vector<'w>(weights: &'w TensorMap, name: &str) -> Result<ArrayView1<'w, f32>> {
+    Ok(ArrayView1::from(&weights.get(name)?.data[..]))
 }
 
 fn gelu_tanh(x: f32) -> f32 {
