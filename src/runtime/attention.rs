@@ -6,6 +6,8 @@
 //! under grouped-query attention), skips the keys the causal mask hides, and spreads the heads
 //! over the crew. BENCHMARKS.md has what each measured.
 
+use std::ops::Range;
+
 use tract_onnx::prelude::tract_ndarray::{s, Axis, Ix4, Ix5};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -103,19 +105,32 @@ impl Attention {
                 return;
             };
             let mut scratch = Scratch::default();
+            // A prompt's rows go through tiles, against the keys transposed once per head.
+            let tiled = rows >= TILE_ROWS && dim.is_multiple_of(TILE_KEYS);
+            if tiled {
+                transpose_keys(k, dim, &mut scratch.keys_by_dim);
+            }
             // A block of query rows at a time, the heads of a group among them: each key and
             // value is read once for the block.
-            for (block, out) in out.chunks_mut(QUERY_BLOCK * dim).enumerate() {
-                let first = block * QUERY_BLOCK;
+            let block_rows = if tiled { TILE_ROWS } else { QUERY_BLOCK };
+            for (block, out) in out.chunks_mut(block_rows * dim).enumerate() {
+                let first = block * block_rows;
                 let block_rows = first..first + out.len() / dim;
                 scratch.bias.clear();
                 for row in block_rows.clone() {
                     let (g, query) = (row / queries, row % queries);
-                    scratch.bias.extend(bias.slice(s![b, h, g, query, ..]).iter());
+                    let row = bias.slice(s![b, h, g, query, ..]);
+                    match row.as_slice() {
+                        Some(row) => scratch.bias.extend_from_slice(row),
+                        None => scratch.bias.extend(row.iter()),
+                    }
                     scratch.bias.extend([0.0; ROW_PAD]);
                 }
                 let q = &q[block_rows.start * dim..block_rows.end * dim];
-                attend(q, k, v, dim, self.scale, &mut scratch, out);
+                match tiled {
+                    true => attend_tile(q, v, dim, self.scale, &mut scratch, out),
+                    false => attend(q, k, v, dim, self.scale, &mut scratch, out),
+                }
             }
         };
         let done = crew().run_on_chunks(&mut by_head, rows * dim, head);
@@ -156,11 +171,14 @@ const QUERY_BLOCK: usize = 8;
 const ROW_PAD: usize = 16;
 
 /// A block's biases (copied out of their broadcast; rows of `T + ROW_PAD`) and scores (the
-/// same layout), reused block to block.
+/// same layout), reused block to block; for tiles, the head's keys transposed and the block's
+/// queries padded to whole tiles.
 #[derive(Default)]
 struct Scratch {
     bias: Vec<f32>,
     weights: Vec<f32>,
+    keys_by_dim: Vec<f32>,
+    queries: Vec<f32>,
 }
 
 /// A few query rows `q` (`[R, D]`) against `T` keys and values (`k`, `v` row-major `[T, D]`).
@@ -211,7 +229,7 @@ fn attend_any(
     out: &mut [f32],
 ) {
     let (rows, keys) = (q.len() / dim, k.len() / dim);
-    let Scratch { bias, weights } = scratch;
+    let Scratch { bias, weights, .. } = scratch;
     weights.clear();
     let stride = keys + ROW_PAD;
     weights.resize(rows * stride, 0.0);
@@ -303,6 +321,388 @@ fn block_dots(q: &[f32], key: &[f32]) -> [f32; QUERY_BLOCK] {
         }
     }
     lanes.map(total)
+}
+
+/// Query rows of a prompt's tile. Its scores against [`TILE_KEYS`] keys at a time take one
+/// 512-bit register a row (AVX-512 has 32; AVX2's 16 take half the rows a pass).
+const TILE_ROWS: usize = 8;
+
+/// Keys of a score tile: the width of a 512-bit register, two 256-bit ones.
+const TILE_KEYS: usize = 16;
+
+/// Query rows one pass over the values serves; each value row loaded serves them all.
+const VALUE_ROWS: usize = 4;
+
+/// Keys `[T, D]` as `[D, T']`, `T'` rounded up to whole tiles with zeros, so a score tile reads
+/// one contiguous run of keys per dimension. Copied a tile of keys at a time: the writes run along
+/// rows, the reads stay within the few kilobytes of one tile.
+fn transpose_keys(k: &[f32], dim: usize, out: &mut Vec<f32>) {
+    let keys = k.len() / dim;
+    let padded = keys.next_multiple_of(TILE_KEYS);
+    out.clear();
+    out.resize(dim * padded, 0.0);
+    for (tile, block) in k.chunks(TILE_KEYS * dim).enumerate() {
+        let t0 = tile * TILE_KEYS;
+        for d in 0..dim {
+            let column = &mut out[d * padded + t0..][..block.len() / dim];
+            for (x, key) in column.iter_mut().zip(block.chunks_exact(dim)) {
+                *x = key[d];
+            }
+        }
+    }
+}
+
+/// [`attend`] for a block of up to [`TILE_ROWS`] rows of a prompt, the keys transposed in
+/// `scratch.keys_by_dim` ([`transpose_keys`]), with the fastest tile kernels the CPU runs.
+fn attend_tile(
+    q: &[f32],
+    v: &[f32],
+    dim: usize,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 F (checked at run time).
+            return unsafe { attend_tile_avx512(q, v, dim, scale, scratch, out) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+            return unsafe { attend_tile_avx2(q, v, dim, scale, scratch, out) };
+        }
+    }
+    let kernels = TileKernels::<4> { scores: score_tile::<4>, values: value_tiles::<16> };
+    attend_tile_with(q, v, dim, scale, scratch, out, kernels)
+}
+
+/// [`attend_tile_with`] AVX-512's kernels, the softmax in 512-bit registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn attend_tile_avx512(
+    q: &[f32],
+    v: &[f32],
+    dim: usize,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    let kernels = TileKernels::<8> {
+        // SAFETY: the caller's CPU has AVX-512 F.
+        scores: |q, k, padded, dim| unsafe { avx512::score_tile(q, k, padded, dim) },
+        values: |w, stride, v, dim, span, rows, out| unsafe {
+            avx512::value_tiles(w, stride, v, dim, span, rows, out)
+        },
+    };
+    attend_tile_with(q, v, dim, scale, scratch, out, kernels)
+}
+
+/// [`attend_tile_with`] the portable kernels compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_tile_avx2(
+    q: &[f32],
+    v: &[f32],
+    dim: usize,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    let kernels = TileKernels::<4> {
+        // SAFETY: the caller's CPU has AVX2 and FMA.
+        scores: |q, k, padded, dim| unsafe { score_tile_avx2(q, k, padded, dim) },
+        values: |w, stride, v, dim, span, rows, out| unsafe {
+            value_tiles_avx2(w, stride, v, dim, span, rows, out)
+        },
+    };
+    attend_tile_with(q, v, dim, scale, scratch, out, kernels)
+}
+
+/// The two inner loops of a tile: a tile of scores ([`score_tile`]) and a pass of weighted
+/// values ([`value_tiles`]).
+struct TileKernels<const ROWS: usize> {
+    scores: fn(&[f32], &[f32], usize, usize) -> [[f32; TILE_KEYS]; ROWS],
+    values: fn(&[f32], usize, &[f32], usize, Range<usize>, usize, &mut [f32]),
+}
+
+/// [`score_tile`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn score_tile_avx2(
+    queries: &[f32],
+    keys: &[f32],
+    padded: usize,
+    dim: usize,
+) -> [[f32; TILE_KEYS]; 4] {
+    score_tile::<4>(queries, keys, padded, dim)
+}
+
+/// [`value_tiles`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn value_tiles_avx2(
+    weights: &[f32],
+    stride: usize,
+    v: &[f32],
+    dim: usize,
+    span: Range<usize>,
+    rows: usize,
+    out: &mut [f32],
+) {
+    match dim.is_multiple_of(32) {
+        true => value_tiles::<32>(weights, stride, v, dim, span, rows, out),
+        false => value_tiles::<16>(weights, stride, v, dim, span, rows, out),
+    }
+}
+
+/// The graph's `softmax(q k^T scale + bias) v` for a block of rows, as [`attend_any`] defines
+/// it, in tiles: `ROWS` query rows by [`TILE_KEYS`] keys for the scores, [`VALUE_ROWS`] rows for
+/// the weighted values. Each row's softmax and sum run over its own span of keys, from the first
+/// its bias does not hide to the last (outside it every weight is exactly 0); tiles no row of
+/// the block sees (the causal mask's upper triangle) are skipped.
+#[inline(always)]
+fn attend_tile_with<const ROWS: usize>(
+    q: &[f32],
+    v: &[f32],
+    dim: usize,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+    kernels: TileKernels<ROWS>,
+) {
+    let (rows, keys) = (q.len() / dim, v.len() / dim);
+    let Scratch { bias, weights, keys_by_dim, queries } = scratch;
+    let padded = keys_by_dim.len() / dim;
+    let stride = keys + ROW_PAD;
+    let hidden = |b: f32| b <= f32::MIN;
+    // The queries as `[D, TILE_ROWS]`, rows past the block's zero.
+    queries.clear();
+    queries.resize(dim * TILE_ROWS, 0.0);
+    for (r, query) in q.chunks_exact(dim).enumerate() {
+        for (d, &x) in query.iter().enumerate() {
+            queries[d * TILE_ROWS + r] = x;
+        }
+    }
+    // A row that sees no key attends to every one, as the graph's softmax of its biases does.
+    let spans: Vec<(usize, usize)> = bias
+        .chunks_exact(stride)
+        .map(|row| {
+            let row = &row[..keys];
+            match (row.iter().position(|&b| !hidden(b)), row.iter().rposition(|&b| !hidden(b))) {
+                (Some(first), Some(last)) => (first, last + 1),
+                _ => (0, keys),
+            }
+        })
+        .collect();
+    let lo = spans.iter().map(|s| s.0).min().unwrap_or(0);
+    let hi = spans.iter().map(|s| s.1).max().unwrap_or(0);
+    weights.clear();
+    weights.resize(TILE_ROWS * stride, 0.0);
+    for t0 in (lo / TILE_KEYS * TILE_KEYS..hi).step_by(TILE_KEYS) {
+        let width = TILE_KEYS.min(keys - t0);
+        let biases = |r: usize| &bias[r * stride + t0..][..width];
+        if (0..rows).all(|r| biases(r).iter().all(|&b| hidden(b))) {
+            for r in 0..rows {
+                weights[r * stride + t0..][..width].copy_from_slice(biases(r));
+            }
+            continue;
+        }
+        for r0 in (0..rows).step_by(ROWS) {
+            let dots = (kernels.scores)(&queries[r0..], &keys_by_dim[t0..], padded, dim);
+            for (r, dots) in dots.iter().enumerate().take(rows - r0) {
+                let scores = &mut weights[(r0 + r) * stride + t0..][..width];
+                for ((w, &dot), &b) in scores.iter_mut().zip(dots).zip(biases(r0 + r)) {
+                    *w = if hidden(b) { b } else { dot * scale + b };
+                }
+            }
+        }
+    }
+    for (row, &(first, end)) in weights.chunks_exact_mut(stride).zip(&spans) {
+        let seen = &mut row[first..end];
+        let largest = seen.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
+        for w in seen.iter_mut() {
+            *w = exp(*w - largest);
+        }
+        let total = sum(seen);
+        for w in seen.iter_mut() {
+            *w /= total;
+        }
+        row[lo..first].fill(0.0);
+        row[end..hi].fill(0.0);
+    }
+    for r0 in (0..rows).step_by(VALUE_ROWS) {
+        let real_rows = VALUE_ROWS.min(rows - r0);
+        (kernels.values)(
+            &weights[r0 * stride..],
+            stride,
+            v,
+            dim,
+            lo..hi,
+            real_rows,
+            &mut out[r0 * dim..],
+        );
+    }
+}
+
+/// Dot products of `ROWS` queries (`[D, TILE_ROWS]`, from the first) with [`TILE_KEYS`] keys
+/// (`[D, padded]`, from the first), in `ROWS` x [`TILE_KEYS`] independent lanes.
+#[inline(always)]
+fn score_tile<const ROWS: usize>(
+    queries: &[f32],
+    keys: &[f32],
+    padded: usize,
+    dim: usize,
+) -> [[f32; TILE_KEYS]; ROWS] {
+    let mut acc = [[0f32; TILE_KEYS]; ROWS];
+    for d in 0..dim {
+        let key = &keys[d * padded..][..TILE_KEYS];
+        let query = &queries[d * TILE_ROWS..][..ROWS];
+        for (acc, &x) in acc.iter_mut().zip(query) {
+            for l in 0..TILE_KEYS {
+                acc[l] += x * key[l];
+            }
+        }
+    }
+    acc
+}
+
+/// `out[r] = sum_t weights[r][t] v[t]` for the first `rows` of [`VALUE_ROWS`] rows of weights
+/// (`stride` apart; rows past them zero) over the keys `span`, `LANES` outputs at a time.
+#[inline(always)]
+fn value_tiles<const LANES: usize>(
+    weights: &[f32],
+    stride: usize,
+    v: &[f32],
+    dim: usize,
+    span: Range<usize>,
+    rows: usize,
+    out: &mut [f32],
+) {
+    for c0 in (0..dim).step_by(LANES) {
+        let mut acc = [[0f32; LANES]; VALUE_ROWS];
+        for t in span.clone() {
+            let value = &v[t * dim + c0..][..LANES];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let w = weights[r * stride + t];
+                for l in 0..LANES {
+                    acc[l] += w * value[l];
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate().take(rows) {
+            out[r * dim + c0..][..LANES].copy_from_slice(acc);
+        }
+    }
+}
+
+/// The tile kernels in 512-bit registers with fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Range, TILE_KEYS, TILE_ROWS, VALUE_ROWS};
+    use std::arch::x86_64::*;
+
+    /// [`super::score_tile`] for all [`TILE_ROWS`] rows: one register a row.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn score_tile(
+        queries: &[f32],
+        keys: &[f32],
+        padded: usize,
+        dim: usize,
+    ) -> [[f32; TILE_KEYS]; TILE_ROWS] {
+        assert!(dim > 0 && queries.len() >= dim * TILE_ROWS);
+        assert!(keys.len() >= (dim - 1) * padded + TILE_KEYS);
+        // Even and odd dimensions in two sums: half the rounding of one long chain.
+        assert!(dim.is_multiple_of(2));
+        let mut even = [_mm512_setzero_ps(); TILE_ROWS];
+        let mut odd = even;
+        for d in (0..dim).step_by(2) {
+            for (d, acc) in [(d, &mut even), (d + 1, &mut odd)] {
+                // SAFETY: row `d` of both, in bounds as asserted.
+                unsafe {
+                    let key = _mm512_loadu_ps(keys.as_ptr().add(d * padded));
+                    let query = queries.as_ptr().add(d * TILE_ROWS);
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(*query.add(r)), key, *acc);
+                    }
+                }
+            }
+        }
+        let mut out = [[0f32; TILE_KEYS]; TILE_ROWS];
+        for (out, acc) in
+            out.iter_mut().zip(even.into_iter().zip(odd).map(|(a, b)| _mm512_add_ps(a, b)))
+        {
+            // SAFETY: sixteen floats into sixteen.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+        }
+        out
+    }
+
+    /// [`super::value_tiles`]: 64 outputs of each of [`VALUE_ROWS`] rows a pass (16 where `dim`
+    /// is not a multiple of 64), in sixteen registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn value_tiles(
+        weights: &[f32],
+        stride: usize,
+        v: &[f32],
+        dim: usize,
+        span: Range<usize>,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        match dim.is_multiple_of(64) {
+            // SAFETY: the caller's CPU has AVX-512 F.
+            true => unsafe { value_pass::<4>(weights, stride, v, dim, span, rows, out) },
+            false => unsafe { value_pass::<1>(weights, stride, v, dim, span, rows, out) },
+        }
+    }
+
+    /// `REGS` registers of 16 outputs a row.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn value_pass<const REGS: usize>(
+        weights: &[f32],
+        stride: usize,
+        v: &[f32],
+        dim: usize,
+        span: Range<usize>,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        let lanes = 16 * REGS;
+        assert!(dim.is_multiple_of(lanes) && rows <= VALUE_ROWS);
+        assert!(span.end * dim <= v.len() && (VALUE_ROWS - 1) * stride + span.end <= weights.len());
+        assert!(out.len() >= (rows.max(1) - 1) * dim + dim);
+        for c0 in (0..dim).step_by(lanes) {
+            let mut acc = [[_mm512_setzero_ps(); REGS]; VALUE_ROWS];
+            for t in span.clone() {
+                // SAFETY: value row `t` and weights `t` of each row, in bounds as asserted.
+                unsafe {
+                    let value = v.as_ptr().add(t * dim + c0);
+                    let values: [__m512; REGS] =
+                        std::array::from_fn(|i| _mm512_loadu_ps(value.add(16 * i)));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let w = _mm512_set1_ps(*weights.as_ptr().add(r * stride + t));
+                        for (acc, &value) in acc.iter_mut().zip(&values) {
+                            *acc = _mm512_fmadd_ps(w, value, *acc);
+                        }
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate().take(rows) {
+                for (i, &acc) in acc.iter().enumerate() {
+                    // SAFETY: sixteen floats of row `r`, in bounds as asserted.
+                    unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(r * dim + c0 + 16 * i), acc) };
+                }
+            }
+        }
+    }
 }
 
 /// `e^x` in plain arithmetic, so that a loop of it runs in vector registers: `2^n e^r` with
@@ -590,6 +990,7 @@ mod tests {
                 (2, 13, 20),
                 (3, 37, 37),
                 (1, 16, 40),
+                (3, 70, 100),
                 (1, 0, 4),
             ] {
                 // gptc's mask: causal over past and new slots, padded slots hidden (f32::MIN
@@ -633,6 +1034,7 @@ mod tests {
             (1, 2, 4, 1, 9, 64),
             (2, 8, 2, 1, 33, 128),
             (1, 2, 2, 13, 20, 128),
+            (2, 2, 3, 45, 60, 128),
             (2, 1, 4, 9, 9, 32),
             (3, 2, 3, 5, 12, 32),
             (1, 2, 2, 0, 3, 32),
