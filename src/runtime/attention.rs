@@ -422,9 +422,15 @@ unsafe fn attend_tile_avx2(
 /// The two inner loops of a tile: a tile of scores ([`score_tile`]) and a pass of weighted
 /// values ([`value_tiles`]).
 struct TileKernels<const ROWS: usize> {
-    scores: fn(&[f32], &[f32], usize, usize) -> [[f32; TILE_KEYS]; ROWS],
-    values: fn(&[f32], usize, &[f32], usize, Range<usize>, usize, &mut [f32]),
+    scores: ScoreTile<ROWS>,
+    values: ValueTiles,
 }
+
+/// [`score_tile`]: `(queries by dimension, keys by dimension, padded keys, dim)`.
+type ScoreTile<const ROWS: usize> = fn(&[f32], &[f32], usize, usize) -> [[f32; TILE_KEYS]; ROWS];
+
+/// [`value_tiles`]: `(weights, stride, values, dim, keys, rows, out)`.
+type ValueTiles = fn(&[f32], usize, &[f32], usize, Range<usize>, usize, &mut [f32]);
 
 /// [`score_tile`] compiled for AVX2.
 #[cfg(target_arch = "x86_64")]

@@ -1,36 +1,50 @@
-//! The dot products of a group of 4-bit weight rows with an int8 activation row: plain Rust,
+//! The products of a panel of 16 weight rows with a few int8 activation rows: plain Rust,
 //! AVX2, AVX-512 VNNI (the fastest the CPU runs, chosen at run time, all computing the same
 //! integers), and the activations' quantization to int8.
 
-use super::weights::{PAIR, ROWS, STRIDE};
+use super::weights::{CODE_BYTES, PANEL, PANEL_BLOCK};
 use gptc_graph::quant::{BLOB, BLOCK};
 
-/// The dot products of one group of [`ROWS`] weight rows (`x.pairs()` strides of the stream)
-/// with one activation row.
-pub(super) type Dots = fn(&[u8], &Int8Row) -> [f32; ROWS];
+/// Activation rows one pass of a kernel takes at most, each with its own accumulators.
+pub(super) const PASS_ROWS: usize = 8;
+
+/// The products of the first `rows` (1 to [`PASS_ROWS`]) of the activation rows `x`
+/// ([`PASS_ROWS`] rows of a panel's blocks each, one after another; rows past `rows` are
+/// zero) with a panel ([`super::weights`]): `out[r][lane]`.
+pub(super) type Kernel = fn(&[u8], &[Int8Block], usize) -> [[f32; PANEL]; PASS_ROWS];
 
 /// The fastest kernel this CPU runs (chosen once).
-pub(super) fn kernel() -> Dots {
-    static FASTEST: std::sync::OnceLock<Dots> = std::sync::OnceLock::new();
-    *FASTEST.get_or_init(|| kernels().last().map_or(dots, |&(_, fastest)| fastest))
+pub(super) fn kernel() -> Kernel {
+    static FASTEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *FASTEST.get_or_init(|| kernels().last().map_or(panel_plain, |&(_, fastest)| fastest))
 }
 
 /// Every kernel this CPU runs, slowest first: plain Rust, AVX2, AVX-512 VNNI.
-pub(super) fn kernels() -> Vec<(&'static str, Dots)> {
-    let mut all: Vec<(&'static str, Dots)> = vec![("plain", dots)];
+pub(super) fn kernels() -> Vec<(&'static str, Kernel)> {
+    let mut all: Vec<(&'static str, Kernel)> = vec![("plain", panel_plain)];
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
-        all.push(("avx2", |group, x| unsafe { dots_avx2(group, x) }));
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
-        {
+        all.push(("avx2", |panel, x, rows| unsafe { panel_avx2(panel, x, rows) }));
+        if has_avx512vnni() {
             // SAFETY: and AVX-512 F, BW and VNNI (checked at run time).
-            all.push(("avx512vnni", |group, x| unsafe { dots_avx512vnni(group, x) }));
+            all.push(("avx512vnni", |panel, x, rows| unsafe { panel_avx512vnni(panel, x, rows) }));
         }
     }
     all
+}
+
+/// AVX-512 F, BW and VNNI, with AVX2, FMA and F16C.
+pub(super) fn has_avx512vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 pub(super) fn has_avx2() -> bool {
@@ -44,47 +58,23 @@ pub(super) fn has_avx2() -> bool {
     false
 }
 
-/// One activation row in int8, laid out as the kernel reads it: per pair of blocks, the first
-/// halves of both blocks (32 codes), then their second halves; per pair, the zero-point
-/// correction `8 sum x` of each block in the first of the four lanes its sums fill. An odd last
-/// block is paired with zeros.
-pub(super) struct Int8Row {
-    codes: Vec<i8>,
-    /// Per pair, the two blocks' scales alternating, as the weight scales of four rows lie.
-    pair_scales: Vec<[f32; 8]>,
-    corrections: Vec<[i32; 8]>,
+/// One block of 32 activations of one row in int8: codes in order, the scale, and `-8 sum x`,
+/// the zero point's share of the dot product, which the block's integer sum starts from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub(super) struct Int8Block {
+    pub(super) codes: [i8; BLOCK],
+    pub(super) scale: f32,
+    pub(super) start: i32,
 }
 
-impl Int8Row {
-    pub(super) fn quantize(x: &[f32]) -> Int8Row {
-        let pairs = x.len().div_ceil(PAIR);
-        let mut row = Int8Row {
-            codes: vec![0; pairs * PAIR],
-            pair_scales: vec![[0.0; 8]; pairs],
-            corrections: vec![[0; 8]; pairs],
-        };
-        let to_int8 = block_to_int8();
-        for (b, values) in x.chunks_exact(BLOCK).enumerate() {
-            let (pair, half) = (b / 2, b % 2);
-            let (codes, scale) = to_int8(values);
-            for (i, part) in codes.chunks_exact(BLOB).enumerate() {
-                row.codes[Int8Row::index(pair, half, i * BLOB)..][..BLOB].copy_from_slice(part);
-            }
-            for lane in row.pair_scales[pair].iter_mut().skip(half).step_by(2) {
-                *lane = scale;
-            }
-            row.corrections[pair][4 * half] = 8 * codes.iter().map(|&c| c as i32).sum::<i32>();
-        }
-        row
-    }
+impl Int8Block {
+    pub(super) const ZERO: Int8Block = Int8Block { codes: [0; BLOCK], scale: 0.0, start: 0 };
 
-    /// Where code `i` of block `half` of pair `pair` sits.
-    fn index(pair: usize, half: usize, i: usize) -> usize {
-        pair * PAIR + (i / BLOB) * BLOCK + half * BLOB + i % BLOB
-    }
-
-    fn pairs(&self) -> usize {
-        self.pair_scales.len()
+    pub(super) fn quantize(values: &[f32]) -> Int8Block {
+        let (codes, scale) = block_to_int8()(values);
+        let start = -8 * codes.iter().map(|&c| c as i32).sum::<i32>();
+        Int8Block { codes, scale, start }
     }
 }
 
@@ -164,164 +154,175 @@ pub(super) unsafe fn to_int8_avx2(values: &[f32]) -> ([i8; BLOCK], f32) {
     (codes, scale)
 }
 
-/// `sum_b ws_b xs_b sum_i (q_i - 8) x_i`, with `sum_i (q_i - 8) x_i = sum_i q_i x_i - 8 sum_i x_i`.
-pub(super) fn dots(group: &[u8], x: &Int8Row) -> [f32; ROWS] {
-    let mut out = [0f32; ROWS];
-    for (pair, stride) in group.chunks_exact(STRIDE).enumerate() {
-        let (codes, scales) = stride.split_at(ROWS * PAIR / 2);
-        for (r, out) in out.iter_mut().enumerate() {
-            for half in 0..2 {
-                let block = &codes[r * PAIR / 2 + half * BLOB..][..BLOB];
-                let mut sum = 0i32;
-                for (j, &byte) in block.iter().enumerate() {
-                    sum += (byte & 0x0f) as i32 * x.codes[Int8Row::index(pair, half, j)] as i32
-                        + (byte >> 4) as i32 * x.codes[Int8Row::index(pair, half, j + BLOB)] as i32;
+/// The scale of lane `lane` of a panel's block.
+fn weight_scale(block: &[u8], lane: usize) -> f32 {
+    let at = CODE_BYTES + 2 * lane;
+    half::f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
+}
+
+/// `sum_b ws_b xs_b (start_b + sum_i q_i x_i)`, with `start = -8 sum_i x_i` for the zero point.
+pub(super) fn panel_plain(panel: &[u8], x: &[Int8Block], rows: usize) -> [[f32; PANEL]; PASS_ROWS] {
+    let blocks = panel.len() / PANEL_BLOCK;
+    let mut out = [[0f32; PANEL]; PASS_ROWS];
+    for (r, out) in out.iter_mut().enumerate().take(rows) {
+        for (b, block) in panel.chunks_exact(PANEL_BLOCK).enumerate() {
+            let activations = &x[r * blocks + b];
+            for (lane, out) in out.iter_mut().enumerate() {
+                let mut sum = activations.start;
+                for i in 0..BLOB {
+                    let byte = block[((i / 4) * PANEL + lane) * 4 + i % 4];
+                    sum += (byte & 0x0f) as i32 * activations.codes[i] as i32
+                        + (byte >> 4) as i32 * activations.codes[i + BLOB] as i32;
                 }
-                let scale_bytes = &scales[(r * 2 + half) * 2..][..2];
-                let w_scale = half::f16::from_le_bytes([scale_bytes[0], scale_bytes[1]]).to_f32();
-                let scale = w_scale * x.pair_scales[pair][half];
-                *out += scale * (sum - x.corrections[pair][4 * half]) as f32;
+                let scale = weight_scale(block, lane) * activations.scale;
+                *out += sum as f32 * scale;
             }
         }
     }
     out
 }
 
-/// [`dots`] with AVX2: per pair of blocks, the activation loads serve four rows.
+/// [`panel_plain`] with AVX2: eight rows of the panel a register, `vpmaddubsw` and `vpmaddwd`
+/// for `vpdpbusd`; the two halves of the panel one after the other, so the codes of a block and
+/// four rows' accumulators fit the sixteen registers.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA.
+/// The CPU has AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dots_avx2(group: &[u8], x: &Int8Row) -> [f32; ROWS] {
-    use std::arch::x86_64::*;
-    let pairs = x.pairs();
-    assert!(group.len() == pairs * STRIDE && x.codes.len() == pairs * PAIR);
-    let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
-    // The scales of row r, blocks 0 and 1, are lanes 2r and 2r+1: spread over lanes 0-3 and
-    // 4-7, where the integer sums of the two blocks lie.
-    let spread = [0, 1, 2, 3].map(|r| {
-        _mm256_set_epi32(2 * r + 1, 2 * r + 1, 2 * r + 1, 2 * r + 1, 2 * r, 2 * r, 2 * r, 2 * r)
-    });
-    let mut acc = [_mm256_setzero_ps(); ROWS];
-    for p in 0..pairs {
-        // SAFETY (all loads): stride `p` of the group and pair `p` of `x`, in bounds as asserted.
-        unsafe {
-            let stride = group.as_ptr().add(p * STRIDE);
-            let firsts = _mm256_loadu_si256(x.codes.as_ptr().add(p * PAIR) as *const __m256i);
-            let seconds =
-                _mm256_loadu_si256(x.codes.as_ptr().add(p * PAIR + BLOCK) as *const __m256i);
-            let correction = _mm256_loadu_si256(x.corrections[p].as_ptr() as *const __m256i);
-            // Every row's two scales times the two activation scales, at once.
-            let scales = _mm256_mul_ps(
-                _mm256_cvtph_ps(_mm_loadu_si128(stride.add(ROWS * PAIR / 2) as *const __m128i)),
-                _mm256_loadu_ps(x.pair_scales[p].as_ptr()),
-            );
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let packed = _mm256_loadu_si256(stride.add(r * PAIR / 2) as *const __m256i);
-                let q_firsts = _mm256_and_si256(packed, low);
-                let q_seconds = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
-                // Codes 0..15 times activations -127..127: four products stay within i16.
-                let pairs16 = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(q_firsts, firsts),
-                    _mm256_maddubs_epi16(q_seconds, seconds),
-                );
-                let sums = _mm256_sub_epi32(_mm256_madd_epi16(pairs16, ones), correction);
-                let scale = _mm256_permutevar8x32_ps(scales, spread[r]);
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, *acc);
+pub(super) unsafe fn panel_avx2(
+    panel: &[u8],
+    x: &[Int8Block],
+    rows: usize,
+) -> [[f32; PANEL]; PASS_ROWS] {
+    let mut out = [[0f32; PANEL]; PASS_ROWS];
+    for r0 in (0..rows).step_by(4) {
+        let x = &x[r0 * (panel.len() / PANEL_BLOCK)..];
+        // SAFETY: the caller's CPU has AVX2, FMA and F16C.
+        let part = unsafe {
+            match rows - r0 {
+                1 => panel_avx2_rows::<1>(panel, x),
+                2 => panel_avx2_rows::<2>(panel, x),
+                _ => panel_avx2_rows::<4>(panel, x),
             }
+        };
+        for (out, part) in out[r0..].iter_mut().zip(part).take(rows - r0) {
+            *out = part;
         }
     }
-    // Pairwise sums across the four rows, then the two 128-bit halves: lane r is row r's sum.
-    let [a, b, c, d] = acc;
-    let sums = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-    let total = _mm_add_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
-    let mut out = [0f32; ROWS];
-    // SAFETY: four floats into four.
-    unsafe { _mm_storeu_ps(out.as_mut_ptr(), total) };
     out
 }
 
-/// [`dots`] with AVX-512 VNNI: a 64-byte load holds one pair of blocks of two rows, and
-/// `vpdpbusd` multiplies codes by activations and sums them into 32-bit lanes in one step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_avx2_rows<const R: usize>(panel: &[u8], x: &[Int8Block]) -> [[f32; PANEL]; 4] {
+    use std::arch::x86_64::*;
+    let blocks = panel.len() / PANEL_BLOCK;
+    assert!(panel.len() == blocks * PANEL_BLOCK && x.len() >= R * blocks);
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut out = [[0f32; PANEL]; 4];
+    for half in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..blocks {
+            // SAFETY (all loads): block `b` of the panel and of each row, in bounds as asserted.
+            unsafe {
+                let block = panel.as_ptr().add(b * PANEL_BLOCK);
+                let dwords: [__m256i; 4] = std::array::from_fn(|i| {
+                    _mm256_loadu_si256(block.add((i * PANEL + 8 * half) * 4) as *const __m256i)
+                });
+                let codes: [__m256i; 8] = std::array::from_fn(|i| match i < 4 {
+                    true => _mm256_and_si256(dwords[i], low),
+                    false => _mm256_and_si256(_mm256_srli_epi16(dwords[i - 4], 4), low),
+                });
+                let scales = block.add(CODE_BYTES + 16 * half) as *const __m128i;
+                let weight_scales = _mm256_cvtph_ps(_mm_loadu_si128(scales));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let activations = &x[r * blocks + b];
+                    let quads = activations.codes.as_ptr() as *const i32;
+                    let mut sums = _mm256_set1_epi32(activations.start);
+                    for (i, &codes) in codes.iter().enumerate() {
+                        // Codes 0..15 times activations -127..127: two products stay within i16.
+                        let four = _mm256_set1_epi32(quads.add(i).read_unaligned());
+                        let pairs = _mm256_maddubs_epi16(codes, four);
+                        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(pairs, ones));
+                    }
+                    let scale = _mm256_mul_ps(weight_scales, _mm256_set1_ps(activations.scale));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, *acc);
+                }
+            }
+        }
+        for (out, acc) in out.iter_mut().zip(acc) {
+            // SAFETY: eight floats into eight.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * half), acc) };
+        }
+    }
+    out
+}
+
+/// [`panel_plain`] with AVX-512 VNNI: per block, the panel's four registers unpacked into eight
+/// of codes once, then eight `vpdpbusd` and one multiply-add per activation row.
 ///
 /// # Safety
 /// The CPU has AVX2, FMA, F16C and AVX-512 F, BW and VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn dots_avx512vnni(group: &[u8], x: &Int8Row) -> [f32; ROWS] {
+pub(super) unsafe fn panel_avx512vnni(
+    panel: &[u8],
+    x: &[Int8Block],
+    rows: usize,
+) -> [[f32; PANEL]; PASS_ROWS] {
+    // SAFETY: the caller's CPU has what each needs.
+    unsafe {
+        match rows {
+            1 => panel_avx512vnni_rows::<1>(panel, x),
+            2 => panel_avx512vnni_rows::<2>(panel, x),
+            3 | 4 => panel_avx512vnni_rows::<4>(panel, x),
+            _ => panel_avx512vnni_rows::<PASS_ROWS>(panel, x),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+unsafe fn panel_avx512vnni_rows<const R: usize>(
+    panel: &[u8],
+    x: &[Int8Block],
+) -> [[f32; PANEL]; PASS_ROWS] {
     use std::arch::x86_64::*;
-    let pairs = x.pairs();
-    assert!(group.len() == pairs * STRIDE && x.codes.len() == pairs * PAIR);
+    let blocks = panel.len() / PANEL_BLOCK;
+    assert!(panel.len() == blocks * PANEL_BLOCK && x.len() >= R * blocks && R <= PASS_ROWS);
     let low = _mm512_set1_epi8(0x0f);
-    // Lanes 0-3 / 4-7 / 8-11 / 12-15 of a register of rows r, r+1 take the scales of
-    // (r, block 0), (r, block 1), (r+1, block 0), (r+1, block 1): lanes 2r .. 2r+3 of the eight.
-    let spread = |r: i32| {
-        _mm512_set_epi32(
-            2 * r + 3,
-            2 * r + 3,
-            2 * r + 3,
-            2 * r + 3,
-            2 * r + 2,
-            2 * r + 2,
-            2 * r + 2,
-            2 * r + 2,
-            2 * r + 1,
-            2 * r + 1,
-            2 * r + 1,
-            2 * r + 1,
-            2 * r,
-            2 * r,
-            2 * r,
-            2 * r,
-        )
-    };
-    let spreads = [spread(0), spread(2)];
-    let mut acc = [_mm512_setzero_ps(); ROWS / 2];
-    for p in 0..pairs {
-        // SAFETY (all loads): stride `p` of the group and pair `p` of `x`, in bounds as asserted.
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..blocks {
+        // SAFETY (all loads): block `b` of the panel and of each row, in bounds as asserted.
         unsafe {
-            let stride = group.as_ptr().add(p * STRIDE);
-            let both =
-                |v: *const i8| _mm512_broadcast_i64x4(_mm256_loadu_si256(v as *const __m256i));
-            let firsts = both(x.codes.as_ptr().add(p * PAIR));
-            let seconds = both(x.codes.as_ptr().add(p * PAIR + BLOCK));
-            let correction = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                x.corrections[p].as_ptr() as *const __m256i
-            ));
-            let scales = _mm256_mul_ps(
-                _mm256_cvtph_ps(_mm_loadu_si128(stride.add(ROWS * PAIR / 2) as *const __m128i)),
-                _mm256_loadu_ps(x.pair_scales[p].as_ptr()),
-            );
-            let scales = _mm512_castps256_ps512(scales);
-            for (half, acc) in acc.iter_mut().enumerate() {
-                let packed = _mm512_loadu_si512(stride.add(half * PAIR) as *const __m512i);
-                let q_firsts = _mm512_and_si512(packed, low);
-                let q_seconds = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
-                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q_firsts, firsts);
-                let sums = _mm512_dpbusd_epi32(sums, q_seconds, seconds);
-                let sums = _mm512_sub_epi32(sums, correction);
-                let scale = _mm512_permutexvar_ps(spreads[half], scales);
+            let block = panel.as_ptr().add(b * PANEL_BLOCK);
+            let dwords: [__m512i; 4] =
+                std::array::from_fn(|i| _mm512_loadu_si512(block.add(64 * i) as *const __m512i));
+            let codes: [__m512i; 8] = std::array::from_fn(|i| match i < 4 {
+                true => _mm512_and_si512(dwords[i], low),
+                false => _mm512_and_si512(_mm512_srli_epi16(dwords[i - 4], 4), low),
+            });
+            let scales = block.add(CODE_BYTES) as *const __m256i;
+            let weight_scales = _mm512_cvtph_ps(_mm256_loadu_si256(scales));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let activations = &x[r * blocks + b];
+                let quads = activations.codes.as_ptr() as *const i32;
+                let mut sums = _mm512_set1_epi32(activations.start);
+                for (i, &codes) in codes.iter().enumerate() {
+                    let four = _mm512_set1_epi32(quads.add(i).read_unaligned());
+                    sums = _mm512_dpbusd_epi32(sums, codes, four);
+                }
+                let scale = _mm512_mul_ps(weight_scales, _mm512_set1_ps(activations.scale));
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, *acc);
             }
         }
     }
-    // Rows 0-3 hold eight lanes each (two 128-bit quarters): add the quarters pairwise, then
-    // the four lanes of each quarter, and take lane 0 of each.
-    let [a, b] = acc;
-    let quarters = _mm512_add_ps(
-        _mm512_shuffle_f32x4(a, b, 0b10_00_10_00),
-        _mm512_shuffle_f32x4(a, b, 0b11_01_11_01),
-    );
-    let pairs = _mm512_add_ps(quarters, _mm512_permute_ps(quarters, 0b10_11_00_01));
-    let sums = _mm512_add_ps(pairs, _mm512_permute_ps(pairs, 0b01_00_11_10));
-    let firsts = _mm512_permutexvar_ps(
-        _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
-        sums,
-    );
-    let mut out = [0f32; ROWS];
-    // SAFETY: four floats into four.
-    unsafe { _mm_storeu_ps(out.as_mut_ptr(), _mm512_castps512_ps128(firsts)) };
+    let mut out = [[0f32; PANEL]; PASS_ROWS];
+    for (out, acc) in out.iter_mut().zip(acc) {
+        // SAFETY: sixteen floats into sixteen.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+    }
     out
 }

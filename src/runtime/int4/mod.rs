@@ -5,15 +5,16 @@
 //!
 //! `parse` reads and checks `MatMulNBits` nodes and hands those it takes to `op`, the tract op;
 //! `weights` lays a matrix out for the kernels; `schedule` shares a matmul with the crew;
-//! `kernels` holds the dot products (plain Rust, AVX2, AVX-512 VNNI); `rewrite` stacks the
+//! `kernels` holds the panel products (plain Rust, AVX2, AVX-512 VNNI); `rewrite` stacks the
 //! matmuls that read one input.
 //!
 //! The work is shared with gptc's crew of helper threads (`crew.rs`: tract's pool costs more to
-//! wake than the second core gives on a decode step's matrices): a decode step in chunks of
-//! output rows, a prompt in blocks of its own rows. The AVX2 kernel takes two blocks per 256-bit
-//! load and four output rows per pass, so an activation load serves four rows; the AVX-512 VNNI
-//! one two rows per 512-bit load. The fastest the CPU runs is chosen at run time, else plain
-//! Rust computes the same integers.
+//! wake than the second core gives on a decode step's matrices) in chunks of panels of 16
+//! weight rows, each panel passed over every activation row (a decode step has one, a prompt
+//! many; up to eight a pass, so a panel's codes are unpacked once for eight rows). A kernel
+//! lane holds one weight row: AVX-512 VNNI's `vpdpbusd` multiplies four codes of sixteen rows
+//! by four activations at once; AVX2 does it for eight rows in two steps. The fastest the CPU
+//! runs is chosen at run time, else plain Rust computes the same integers.
 //!
 //! A block of activations holding NaN or an infinity has no int8 form: its scale is NaN, so every
 //! output the row reaches is NaN on every path, as float32 compute (level 0) gives, and the
@@ -98,7 +99,7 @@ mod tests {
     fn stacked_matrices_give_each_matrixs_own_product() {
         let (k, m) = (96, 3);
         let parts: Vec<Arc<Int4Weights>> =
-            [8, 20, 4].iter().map(|&n| Arc::new(Int4Weights::new(&matrix(k, n, n).1))).collect();
+            [16, 48, 32].iter().map(|&n| Arc::new(Int4Weights::new(&matrix(k, n, n).1))).collect();
         let stacked = Int4Weights::stack(&parts).unwrap();
         let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.61).cos()).collect();
         let mut all = vec![0f32; m * stacked.n];
@@ -112,8 +113,8 @@ mod tests {
             }
             first += part.n;
         }
-        let odd = Arc::new(Int4Weights::new(&matrix(k, 6, 1).1));
-        assert!(Int4Weights::stack(&[parts[0].clone(), odd]).is_none(), "6 rows: a partial group");
+        let odd = Arc::new(Int4Weights::new(&matrix(k, 20, 1).1));
+        assert!(Int4Weights::stack(&[parts[0].clone(), odd]).is_none(), "20 rows: a partial panel");
     }
 
     #[test]
@@ -166,9 +167,7 @@ mod tests {
             let mut x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
             x[k + 40] = f32::NAN;
             x[(m - 1) * k + 3] = f32::NEG_INFINITY;
-            let mut kernels = kernels();
-            kernels.push(("plain on the crew", dots));
-            for (name, kernel) in kernels {
+            for (name, kernel) in kernels() {
                 for crew in [Crew::new(0), Crew::new(1)] {
                     let mut y = vec![0f32; m * n];
                     weights.matmul_on(&crew, kernel, &x, &mut y).unwrap();
@@ -293,25 +292,32 @@ mod tests {
         // Odd block counts (a zero block pads the pair), rows not a multiple of four, one row,
         // a few (a batch), a prompt's many (blocks of 16 and a rest) and none, split over threads.
         let shapes = [(32, 5, 1), (96, 7, 3), (768, 131, 1), (3072, 64, 2), (64, 4099, 1)];
-        for (k, n, m) in shapes.into_iter().chain([(96, 130, 40), (64, 7, 33), (64, 8, 0)]) {
-            let (_, q) = matrix(k, n, k + n);
+        let prompts = [(96, 37, 4), (96, 130, 40), (64, 7, 33), (64, 8, 0), (3072, 70, 21)];
+        for (k, n, m) in shapes.into_iter().chain(prompts) {
+            let (w, q) = matrix(k, n, k + n);
             let weights = Int4Weights::new(&q);
             let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            // The kernels sum the same integers a block, the blocks' products in their own
+            // orders: outputs agree within rounding of the sum of the products' magnitudes.
+            let magnitude = |at: usize| {
+                let (row, j) = (at / n, at % n);
+                (0..k).map(|i| (x[row * k + i] * w[i * n + j]).abs()).sum::<f32>()
+            };
+            let close = |a: f32, b: f32, at: usize| (a - b).abs() <= 1e-6 * magnitude(at).max(1.0);
             let mut plain = vec![0f32; m * n];
-            weights.matmul_on(&Crew::new(0), dots, &x, &mut plain).unwrap();
+            weights.matmul_on(&Crew::new(0), panel_plain, &x, &mut plain).unwrap();
             for (name, kernel) in kernels() {
                 let mut fast = vec![0f32; m * n];
                 weights.matmul_on(&Crew::new(1), kernel, &x, &mut fast).unwrap();
-                for (f, p) in fast.iter().zip(&plain) {
-                    let close = (f - p).abs() <= 1e-5 * p.abs().max(1.0);
-                    assert!(close, "{name} {k}x{n}x{m}: {f} vs {p}");
+                for (at, (f, p)) in fast.iter().zip(&plain).enumerate() {
+                    assert!(close(*f, *p, at), "{name} {k}x{n}x{m}: {f} vs {p}");
                 }
             }
-            for (row, expected) in x.chunks_exact(k).zip(plain.chunks_exact(n)) {
+            for (r, row) in x.chunks_exact(k).enumerate() {
                 let mut alone = vec![0f32; n];
                 weights.matmul(row, &mut alone).unwrap();
-                for (a, e) in alone.iter().zip(expected) {
-                    assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{k}x{n}x{m}: {a} vs {e}");
+                for (j, (a, e)) in alone.iter().zip(&plain[r * n..][..n]).enumerate() {
+                    assert!(close(*a, *e, r * n + j), "{k}x{n}x{m}: {a} vs {e}");
                 }
             }
         }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::op::Int4MatMul;
-use super::weights::{Int4Weights, ROWS};
+use super::weights::{Int4Weights, PANEL};
 use tract_onnx::prelude::*;
 
 /// Makes one op of the 4-bit matmuls that read the same input (q, k and v of a layer): the
@@ -12,8 +12,8 @@ pub fn stack_siblings(mut model: TypedModel) -> TractResult<TypedModel> {
     let mut by_input: Vec<(OutletId, Vec<usize>)> = Vec::new();
     for node in model.nodes() {
         let Some(op) = node.op_as::<Int4MatMul>() else { continue };
-        // Stacked streams stay aligned only if every matrix fills whole groups of rows.
-        if op.outputs.len() != 1 || !op.weights.n.is_multiple_of(ROWS) {
+        // Stacked streams stay aligned only if every matrix fills whole panels.
+        if op.outputs.len() != 1 || !op.weights.n.is_multiple_of(PANEL) {
             continue;
         }
         match by_input.iter_mut().find(|(input, _)| *input == node.inputs[0]) {

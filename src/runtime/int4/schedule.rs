@@ -1,24 +1,24 @@
-//! A matmul shared with the crew: a decode step in chunks of output rows, a prompt in blocks
-//! of its own rows.
+//! A matmul shared with the crew: the activations quantized once, then chunks of panels, each
+//! passed over every activation row.
 
-use super::kernels::{kernel, Dots, Int8Row};
-use super::weights::{Int4Weights, ROWS, STRIDE};
+use super::kernels::{kernel, Int8Block, Kernel, PASS_ROWS};
+use super::weights::{Int4Weights, PANEL};
 use crate::runtime::crew::{crew, Crew};
+use gptc_graph::quant::BLOCK;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-/// A chunk of work for one thread: about 2 microseconds, so a helper that starts late or a core
-/// that runs slow delays the end of a matmul by little.
-const CHUNK_WEIGHTS: usize = 1 << 16;
+/// Multiply-adds a chunk of work takes, at least: about 2 microseconds of a decode step, so a
+/// helper that starts late or a core that runs slow delays the end of a matmul by little.
+const CHUNK_WORK: usize = 1 << 16;
 
-/// For a prompt: activation rows a chunk takes (their int8 codes and scales, 1.5 KB each at
-/// k = 768, stay in the first-level cache while every group of weights passes over them).
-const PROMPT_ROWS: usize = 16;
+/// Rows of activations a chunk of their quantization takes.
+const QUANTIZE_ROWS: usize = 16;
 
 impl Int4Weights {
     /// `y = x W^T` for `m` rows `x` of `k` values into `y` of `m` rows of `n`, with `x` quantized
-    /// to int8. Each chunk of output rows reads its weights once for all `m` rows (they stay in
-    /// the core's cache), and the chunks are shared with the crew.
+    /// to int8. Each panel's weights are read once for all `m` rows (they stay in the core's
+    /// cache while the rows pass over them), and the panels are shared with the crew.
     pub fn matmul(&self, x: &[f32], y: &mut [f32]) -> TractResult<()> {
         self.matmul_on(crew(), kernel(), x, y)
     }
@@ -26,15 +26,15 @@ impl Int4Weights {
     pub(super) fn matmul_on(
         &self,
         crew: &Crew,
-        dots: Dots,
+        kernel: Kernel,
         x: &[f32],
         y: &mut [f32],
     ) -> TractResult<()> {
-        let (k, n) = (self.k, self.n);
+        let (k, n, blocks) = (self.k, self.n, self.blocks);
         ensure!(k > 0 && n > 0, "GptcInt4MatMul: a [{k}, {n}] matrix");
         let m = x.len() / k;
         ensure!(
-            x.len() == m * k && y.len() == m * n,
+            x.len() == m * k && y.len() == m * n && blocks * BLOCK == k,
             "GptcInt4MatMul: {} inputs and {} outputs for [{m}, {k}] x [{k}, {n}]",
             x.len(),
             y.len()
@@ -42,53 +42,71 @@ impl Int4Weights {
         if m == 0 {
             return Ok(());
         }
-        let group_bytes = self.pairs * STRIDE;
-        let group = |g: usize| &self.stream[g * group_bytes..][..group_bytes];
         let failed = || format_err!("GptcInt4MatMul: a thread of the kernel failed");
-        if m >= 2 * PROMPT_ROWS {
-            // A prompt: blocks of its rows, each quantized by the thread that takes it and passed
-            // over every group of weights; each block writes its own rows of `y`.
-            let work = |block: usize, ys: &mut [f32]| {
-                let xs = &x[block * PROMPT_ROWS * k..][..ys.len() / n * k];
-                let rows: Vec<Int8Row> = xs.chunks_exact(k).map(Int8Row::quantize).collect();
-                for g in 0..n.div_ceil(ROWS) {
-                    let width = ROWS.min(n - g * ROWS);
-                    for (r, row) in rows.iter().enumerate() {
-                        let values = dots(group(g), row);
-                        ys[r * n + g * ROWS..][..width].copy_from_slice(&values[..width]);
-                    }
-                }
-            };
-            return crew.run_on_chunks(y, PROMPT_ROWS * n, work).then_some(()).ok_or_else(failed);
+        // Rows past `m` are zero blocks, so every pass reads whole [`PASS_ROWS`].
+        let mut quantized = vec![Int8Block::ZERO; m.next_multiple_of(PASS_ROWS) * blocks];
+        let quantize = |chunk: usize, out: &mut [Int8Block]| {
+            let values = &x[chunk * QUANTIZE_ROWS * k..][..out.len() * BLOCK];
+            for (block, values) in out.iter_mut().zip(values.chunks_exact(BLOCK)) {
+                *block = Int8Block::quantize(values);
+            }
+        };
+        match m < QUANTIZE_ROWS {
+            true => quantize(0, &mut quantized[..m * blocks]),
+            false => {
+                let done = crew.run_on_chunks(
+                    &mut quantized[..m * blocks],
+                    QUANTIZE_ROWS * blocks,
+                    quantize,
+                );
+                ensure!(done, failed());
+            }
         }
-        // A decode step (one row, or one per sequence of a batch): chunks of weight groups, each
-        // passing the rows over its weights. One row writes `y` in place; several write each
-        // weight row's results side by side, transposed at the end.
-        let rows: Vec<Int8Row> = x.chunks_exact(k).map(Int8Row::quantize).collect();
-        let groups_per_chunk = (CHUNK_WEIGHTS / (ROWS * k * m)).max(1);
-        let mut by_weight_row = vec![0f32; if m == 1 { 0 } else { m * n }];
-        let out = if m == 1 { &mut *y } else { &mut by_weight_row[..] };
-        let work = |chunk: usize, slot: &mut [f32]| {
-            for (g, results) in slot.chunks_mut(ROWS * m).enumerate() {
-                let group = group(chunk * groups_per_chunk + g);
-                for (r, row) in rows.iter().enumerate() {
-                    let values = dots(group, row);
-                    for (i, value) in values.iter().take(results.len() / m).enumerate() {
-                        results[i * m + r] = *value;
+        let panels_per_chunk = (CHUNK_WORK / (PANEL * k * m)).max(1);
+        let out = DisjointColumns::new(y);
+        let chunk = |c: usize| {
+            let first = c * panels_per_chunk;
+            for p in first..self.panels().min(first + panels_per_chunk) {
+                let panel = self.panel(p);
+                let (column, width) = (p * PANEL, PANEL.min(n - p * PANEL));
+                for r0 in (0..m).step_by(PASS_ROWS) {
+                    let rows = PASS_ROWS.min(m - r0);
+                    let products =
+                        kernel(panel, &quantized[r0 * blocks..][..PASS_ROWS * blocks], rows);
+                    for (r, products) in products.iter().enumerate().take(rows) {
+                        // SAFETY: panel `p`'s columns, which only the chunk of panel `p` writes.
+                        unsafe { out.write((r0 + r) * n + column, &products[..width]) };
                     }
                 }
             }
         };
-        if !crew.run_on_chunks(out, groups_per_chunk * ROWS * m, work) {
-            return Err(failed());
-        }
-        if m > 1 {
-            for (j, results) in by_weight_row.chunks_exact(m).enumerate() {
-                for (r, &value) in results.iter().enumerate() {
-                    y[r * n + j] = value;
-                }
-            }
-        }
+        ensure!(crew.run(self.panels().div_ceil(panels_per_chunk), &chunk), failed());
         Ok(())
+    }
+}
+
+/// A matrix that the chunks of one job write, each its own columns of every row.
+struct DisjointColumns<'a> {
+    start: *mut f32,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: writes go through `write`, whose callers own disjoint ranges.
+unsafe impl Sync for DisjointColumns<'_> {}
+
+impl<'a> DisjointColumns<'a> {
+    fn new(y: &'a mut [f32]) -> DisjointColumns<'a> {
+        DisjointColumns { start: y.as_mut_ptr(), len: y.len(), _borrow: std::marker::PhantomData }
+    }
+
+    /// Copies `values` to `at..at + values.len()` (checked against the matrix's length).
+    ///
+    /// # Safety
+    /// No other thread reads or writes that range while this runs.
+    unsafe fn write(&self, at: usize, values: &[f32]) {
+        assert!(at.checked_add(values.len()).is_some_and(|end| end <= self.len));
+        // SAFETY: in bounds as asserted; the range is the caller's alone.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.start.add(at), values.len()) };
     }
 }

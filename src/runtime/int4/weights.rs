@@ -1,66 +1,74 @@
-//! The kernel's layout of a 4-bit matrix: one stream, read front to back.
+//! The kernels' layout of a 4-bit matrix: panels of 16 rows, one stream read front to back.
 
 use std::sync::Arc;
 
 use gptc_graph::quant::{Int4Matrix, BLOB, BLOCK};
-use tract_onnx::tract_core::internal::*;
 
-/// Two blocks: the unit of the kernel's loads.
-pub(super) const PAIR: usize = 2 * BLOCK;
+/// Weight rows of a panel: one per 32-bit lane of a 512-bit register.
+pub(super) const PANEL: usize = 16;
 
-/// Output rows a kernel pass computes together, sharing each activation load.
-pub(super) const ROWS: usize = 4;
+/// Bytes of one block of a panel: the codes, four registers of sixteen dwords, then the
+/// sixteen rows' scales in float16.
+pub(super) const PANEL_BLOCK: usize = CODE_BYTES + PANEL * 2;
 
-/// Bytes of one pair of blocks of a group of [`ROWS`] rows: their codes, then their scales.
-pub(super) const STRIDE: usize = ROWS * (PAIR / 2) + ROWS * 2 * 2;
+/// Bytes of codes in one block of a panel.
+pub(super) const CODE_BYTES: usize = 4 * PANEL * 4;
 
-/// A `[n, k]` 4-bit matrix laid out for the kernel as one stream read front to back: rows in
-/// groups of [`ROWS`], and per group and pair of blocks, each row's 32 bytes of codes and then
-/// the 8 scales in float16 (row by row, block by block: a tenth fewer bytes than float32, and
-/// gptc's scales are float16-exact; for others this is the rounding tract's own path makes). A
-/// block's 16 bytes hold its first 16 codes in the low nibbles and its last 16 in the high ones
-/// (MatMulNBits interleaves them), so one 32-byte load of a pair splits into the pair's first
-/// halves and second halves. Rows of an odd number of blocks end with a zero block, groups with
-/// zero rows, both of scale zero.
+/// A `[n, k]` 4-bit matrix laid out for the kernels as one stream read front to back: panels of
+/// [`PANEL`] rows, and per panel and block of 32 inputs, four registers of codes (lane `r` of
+/// register `i` is dword `i` of row `r`'s 16 bytes, whose low nibbles are codes `4i..4i+4` and
+/// high nibbles codes `16+4i..16+4i+4`) and then the rows' scales in float16 (a tenth fewer bytes
+/// than float32; gptc's scales are float16-exact, for others this is the rounding tract's own
+/// path makes). One `vpdpbusd` multiplies four codes of sixteen rows by four activations, so a
+/// lane sums its row's whole block and one multiply-add by the scales serves sixteen outputs.
+/// Rows past `n` are zero, of scale zero.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Int4Weights {
     pub(super) k: usize,
     pub(super) n: usize,
-    pub(super) pairs: usize,
+    pub(super) blocks: usize,
     pub(super) stream: Vec<u8>,
 }
 
 impl Int4Weights {
     pub fn new(q: &Int4Matrix) -> Int4Weights {
         let blocks = q.k / BLOCK;
-        let pairs = blocks.div_ceil(2);
-        let mut stream = vec![0u8; q.n.div_ceil(ROWS) * pairs * STRIDE];
+        let mut stream = vec![0u8; q.n.div_ceil(PANEL) * blocks * PANEL_BLOCK];
         for row in 0..q.n {
-            let (group, r) = (row / ROWS, row % ROWS);
+            let (panel, lane) = (row / PANEL, row % PANEL);
             for b in 0..blocks {
-                let (pair, half) = (b / 2, b % 2);
-                let at = (group * pairs + pair) * STRIDE;
+                let at = (panel * blocks + b) * PANEL_BLOCK;
                 let code = |i: usize| q.code(row, b * BLOCK + i);
-                let out = &mut stream[at + r * PAIR / 2 + half * BLOB..][..BLOB];
-                for (j, byte) in out.iter_mut().enumerate() {
-                    *byte = code(j) | (code(j + BLOB) << 4);
+                for i in 0..BLOB {
+                    let (dword, byte) = (i / 4, i % 4);
+                    stream[at + (dword * PANEL + lane) * 4 + byte] =
+                        code(i) | (code(i + BLOB) << 4);
                 }
                 let scale = half::f16::from_f32(q.scales[row * blocks + b]).to_le_bytes();
-                stream[at + ROWS * PAIR / 2 + (r * 2 + half) * 2..][..2].copy_from_slice(&scale);
+                stream[at + CODE_BYTES + lane * 2..][..2].copy_from_slice(&scale);
             }
         }
-        Int4Weights { k: q.k, n: q.n, pairs, stream }
+        Int4Weights { k: q.k, n: q.n, blocks, stream }
+    }
+
+    pub(super) fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    /// Panel `p`'s blocks.
+    pub(super) fn panel(&self, p: usize) -> &[u8] {
+        &self.stream[p * self.blocks * PANEL_BLOCK..][..self.blocks * PANEL_BLOCK]
     }
 
     /// The matrices one under the other (`n` the sum of theirs), if they share `k` and each
-    /// fills whole groups of rows.
+    /// fills whole panels.
     pub(super) fn stack(parts: &[Arc<Int4Weights>]) -> Option<Int4Weights> {
         let first = parts.first()?;
-        let fits = parts.iter().all(|p| p.k == first.k && p.n.is_multiple_of(ROWS));
+        let fits = parts.iter().all(|p| p.k == first.k && p.n.is_multiple_of(PANEL));
         fits.then(|| Int4Weights {
             k: first.k,
             n: parts.iter().map(|p| p.n).sum(),
-            pairs: first.pairs,
+            blocks: first.blocks,
             stream: parts.iter().flat_map(|p| p.stream.iter().copied()).collect(),
         })
     }
