@@ -5,6 +5,7 @@
 
 mod attention;
 mod crew;
+mod dense;
 mod int4;
 pub(crate) mod load;
 mod lookup;

@@ -14,6 +14,7 @@ use tract_onnx::tract_hir::internal::{
 use gptc_graph::names::{self, InputRole, KvPart};
 
 use super::attention::use_attention_kernel;
+use super::dense::use_dense_kernel;
 use super::int4::{onnx, stack_siblings};
 use super::{
     cache_geometry, canonical_dim, Backend, Engine, InferredTensor, InputLayout, LogitPositions,
@@ -311,10 +312,11 @@ impl Backend for TractBackend {
     }
 }
 
-/// The plan-ready form of a loaded model: typed, GELU fused, then optimized.
+/// The plan-ready form of a loaded model: typed, GELU fused, gptc's kernels in, then optimized.
 pub fn optimized(model: InferenceModel) -> Result<TypedModel> {
     guarded("optimizing the model", || {
         let model = use_attention_kernel(stack_siblings(fuse_gelu(model.into_typed()?)?)?)?;
+        let model = use_dense_kernel(model)?;
         split_shared_constants(model)?.into_optimized()
     })
 }

@@ -3,7 +3,7 @@
 
 use super::kernels::{kernel, Int8Block, Kernel, PASS_ROWS};
 use super::weights::{Int4Weights, PANEL};
-use crate::runtime::crew::{crew, Crew};
+use crate::runtime::crew::{crew, Crew, DisjointColumns};
 use gptc_graph::quant::BLOCK;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -82,31 +82,5 @@ impl Int4Weights {
         };
         ensure!(crew.run(self.panels().div_ceil(panels_per_chunk), &chunk), failed());
         Ok(())
-    }
-}
-
-/// A matrix that the chunks of one job write, each its own columns of every row.
-struct DisjointColumns<'a> {
-    start: *mut f32,
-    len: usize,
-    _borrow: std::marker::PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: writes go through `write`, whose callers own disjoint ranges.
-unsafe impl Sync for DisjointColumns<'_> {}
-
-impl<'a> DisjointColumns<'a> {
-    fn new(y: &'a mut [f32]) -> DisjointColumns<'a> {
-        DisjointColumns { start: y.as_mut_ptr(), len: y.len(), _borrow: std::marker::PhantomData }
-    }
-
-    /// Copies `values` to `at..at + values.len()` (checked against the matrix's length).
-    ///
-    /// # Safety
-    /// No other thread reads or writes that range while this runs.
-    unsafe fn write(&self, at: usize, values: &[f32]) {
-        assert!(at.checked_add(values.len()).is_some_and(|end| end <= self.len));
-        // SAFETY: in bounds as asserted; the range is the caller's alone.
-        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.start.add(at), values.len()) };
     }
 }
