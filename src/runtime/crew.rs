@@ -271,6 +271,32 @@ fn help(shared: &Shared, asleep: &AtomicBool, me: usize) {
     }
 }
 
+/// A matrix that the chunks of one job write, each its own columns of every row.
+pub struct DisjointColumns<'a> {
+    start: *mut f32,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: writes go through `write`, whose callers own disjoint ranges.
+unsafe impl Sync for DisjointColumns<'_> {}
+
+impl<'a> DisjointColumns<'a> {
+    pub fn new(y: &'a mut [f32]) -> DisjointColumns<'a> {
+        DisjointColumns { start: y.as_mut_ptr(), len: y.len(), _borrow: std::marker::PhantomData }
+    }
+
+    /// Copies `values` to `at..at + values.len()` (checked against the matrix's length).
+    ///
+    /// # Safety
+    /// No other thread reads or writes that range while this runs.
+    pub unsafe fn write(&self, at: usize, values: &[f32]) {
+        assert!(at.checked_add(values.len()).is_some_and(|end| end <= self.len));
+        // SAFETY: in bounds as asserted; the range is the caller's alone.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.start.add(at), values.len()) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,31 +454,5 @@ mod tests {
         let crew = Crew::new(1);
         assert!(!crew.run(16, &|i| assert_ne!(i, 9, "the chunk that fails on purpose")));
         assert!(crew.run(16, &|_| {}));
-    }
-}
-
-/// A matrix that the chunks of one job write, each its own columns of every row.
-pub struct DisjointColumns<'a> {
-    start: *mut f32,
-    len: usize,
-    _borrow: std::marker::PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: writes go through `write`, whose callers own disjoint ranges.
-unsafe impl Sync for DisjointColumns<'_> {}
-
-impl<'a> DisjointColumns<'a> {
-    pub fn new(y: &'a mut [f32]) -> DisjointColumns<'a> {
-        DisjointColumns { start: y.as_mut_ptr(), len: y.len(), _borrow: std::marker::PhantomData }
-    }
-
-    /// Copies `values` to `at..at + values.len()` (checked against the matrix's length).
-    ///
-    /// # Safety
-    /// No other thread reads or writes that range while this runs.
-    pub unsafe fn write(&self, at: usize, values: &[f32]) {
-        assert!(at.checked_add(values.len()).is_some_and(|end| end <= self.len));
-        // SAFETY: in bounds as asserted; the range is the caller's alone.
-        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.start.add(at), values.len()) };
     }
 }
