@@ -49,6 +49,10 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// Prefills timed per prompt length: the median of five keeps one slow run (the host is
+/// shared) out of the figure.
+const PREFILL_RUNS: usize = 5;
+
 /// Seconds from the start of `generate` to the first new token: the prefill of `prompt` (for a
 /// plain graph, its one full forward).
 pub fn prefill_seconds(runtime: &mut dyn Runtime, prompt: &[i64], context: usize) -> Result<f64> {
@@ -83,7 +87,7 @@ pub fn decode_tokens_per_second(
 pub struct RuntimeFigures {
     pub runtime: String,
     pub load_s: f64,
-    /// `(prompt tokens, milliseconds)`, median of 3.
+    /// `(prompt tokens, milliseconds)`, median of [`PREFILL_RUNS`].
     pub prefill_ms: Vec<(usize, f64)>,
     pub decode_tokens_per_s: f64,
 }
@@ -102,7 +106,7 @@ pub fn measure(
     let prompt = |n: usize| -> Vec<i64> { (0..n as i64).map(|i| (i * 7919) % spread).collect() };
     let mut prefill_ms = Vec::new();
     for &n in prefill_lengths.iter().filter(|&&n| n <= context) {
-        let times = (0..3)
+        let times = (0..PREFILL_RUNS)
             .map(|_| prefill_seconds(runtime, &prompt(n), context))
             .collect::<Result<Vec<_>>>()?;
         prefill_ms.push((n, median(times) * 1e3));
@@ -116,7 +120,7 @@ impl std::fmt::Display for RuntimeFigures {
         let name = &self.runtime;
         writeln!(f, "{name:<10}  load {:.2} s (parse, optimize, plan)", self.load_s)?;
         for (n, ms) in &self.prefill_ms {
-            writeln!(f, "{name:<10}  prefill {n:>5} tokens: {ms:8.1} ms (median of 3)")?;
+            writeln!(f, "{name:<10}  prefill {n:>5} tokens: {ms:8.1} ms (median of {PREFILL_RUNS})")?;
         }
         write!(
             f,

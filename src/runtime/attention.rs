@@ -491,20 +491,16 @@ fn attend_tile_with<const ROWS: usize>(
         }
     }
     // A row that sees no key attends to every one, as the graph's softmax of its biases does.
-    let spans: Vec<(usize, usize)> = bias
-        .chunks_exact(stride)
-        .map(|row| {
-            let row = &row[..keys];
-            match (row.iter().position(|&b| !hidden(b)), row.iter().rposition(|&b| !hidden(b))) {
-                (Some(first), Some(last)) => (first, last + 1),
-                _ => (0, keys),
-            }
-        })
-        .collect();
+    let spans: Vec<(usize, usize)> =
+        bias.chunks_exact(stride).map(|row| visible_span(&row[..keys]).unwrap_or((0, keys))).collect();
     let lo = spans.iter().map(|s| s.0).min().unwrap_or(0);
     let hi = spans.iter().map(|s| s.1).max().unwrap_or(0);
-    weights.clear();
+    // Every weight a pass reads lies in `lo..hi`: the block's rows write all of it below, the
+    // rows past the block are zero there.
     weights.resize(TILE_ROWS * stride, 0.0);
+    for row in weights.chunks_exact_mut(stride).skip(rows) {
+        row[lo..hi].fill(0.0);
+    }
     for t0 in (lo / TILE_KEYS * TILE_KEYS..hi).step_by(TILE_KEYS) {
         let width = TILE_KEYS.min(keys - t0);
         let biases = |r: usize| &bias[r * stride + t0..][..width];
@@ -549,6 +545,21 @@ fn attend_tile_with<const ROWS: usize>(
             &mut out[r0 * dim..],
         );
     }
+}
+
+/// The keys a row of biases lets its query see: from the first not hidden to the last, or
+/// `None` if every key is. Searched sixteen biases at a time, from each end.
+fn visible_span(biases: &[f32]) -> Option<(usize, usize)> {
+    // As `hidden` everywhere here: a NaN bias is not hidden.
+    let hidden = |b: f32| b <= f32::MIN;
+    let seen = |b: &f32| !hidden(*b);
+    let any_seen = |chunk: &[f32]| chunk.iter().fold(false, |any, b| any | seen(b));
+    let chunks = biases.chunks(TILE_KEYS);
+    let first_chunk = chunks.clone().position(any_seen)?;
+    let last_chunk = chunks.rev().position(any_seen).map(|c| biases.len().div_ceil(TILE_KEYS) - 1 - c)?;
+    let first = first_chunk * TILE_KEYS + biases[first_chunk * TILE_KEYS..].iter().position(seen)?;
+    let tail = &biases[..(last_chunk * TILE_KEYS + TILE_KEYS).min(biases.len())];
+    Some((first, tail.iter().rposition(seen)? + 1))
 }
 
 /// Dot products of `ROWS` queries (`[D, TILE_ROWS]`, from the first) with [`TILE_KEYS`] keys
@@ -1089,6 +1100,26 @@ mod tests {
                 let shape = (batch, kv, group, queries, keys, dim);
                 assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{shape:?}: {a} vs {e}");
             }
+        }
+    }
+
+    #[test]
+    fn a_rows_visible_span_is_from_its_first_seen_key_to_its_last() {
+        let patterns = [
+            vec![0.0; 40],
+            vec![f32::MIN; 40],
+            (0..40).map(|t| if t <= 21 { 0.0 } else { f32::MIN }).collect::<Vec<_>>(),
+            (0..40).map(|t| if (5..=16).contains(&t) { -3.0 } else { f32::NEG_INFINITY }).collect(),
+            (0..37).map(|t| if t % 3 == 1 || t == 36 { 0.0 } else { f32::MIN }).collect(),
+            (0..33).map(|t| if t == 32 { f32::NAN } else { f32::MIN }).collect(),
+            vec![],
+        ];
+        for biases in patterns {
+            let hidden = |b: f32| b <= f32::MIN;
+            let first = biases.iter().position(|&b| !hidden(b));
+            let last = biases.iter().rposition(|&b| !hidden(b));
+            let expected = first.zip(last).map(|(f, l)| (f, l + 1));
+            assert_eq!(visible_span(&biases), expected, "{biases:?}");
         }
     }
 
