@@ -392,13 +392,18 @@ fn tract_runs_gptcs_attention_and_4_bit_kernel_for_every_layer() {
             let count = |name: &str| ops.iter().filter(|op| *op == name).count();
             let label = format!("{} {quantization:?}", name(&config));
             assert_eq!(count("GptcAttention"), layers, "{label}: {ops:?}");
+            // The rotation of the queries and of the keys, per layer.
+            assert_eq!(count("GptcRope"), 2 * layers, "{label}: {ops:?}");
+            assert_eq!(count("GptcSwiGlu"), layers, "{label}: {ops:?}");
             if quantization == int4 {
                 // q/k/v, o, gate/up and down per layer, then the head.
                 assert_eq!(count("GptcInt4MatMul"), 4 * layers + 1, "{label}: {ops:?}");
-                let others =
-                    ops.iter().filter(|op| op.contains("MatMul") && !op.starts_with("Gptc"));
-                assert_eq!(others.count(), 0, "{label}: {ops:?}");
+            } else {
+                // q, k, v, o, gate, up and down per layer, then the head (tied or not).
+                assert_eq!(count("GptcDenseMatMul"), 7 * layers + 1, "{label}: {ops:?}");
             }
+            let others = ops.iter().filter(|op| op.contains("MatMul") && !op.starts_with("Gptc"));
+            assert_eq!(others.count(), 0, "{label}: {ops:?}");
             let reference = Reference::new(&config, &weights).unwrap();
             let prompt = token_ids(1, 11, config.vocab_size(), 5).row(0).to_vec();
             let (expected_ids, expected) = reference_greedy(&reference, &prompt, 6);

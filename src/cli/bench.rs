@@ -120,7 +120,10 @@ impl std::fmt::Display for RuntimeFigures {
         let name = &self.runtime;
         writeln!(f, "{name:<10}  load {:.2} s (parse, optimize, plan)", self.load_s)?;
         for (n, ms) in &self.prefill_ms {
-            writeln!(f, "{name:<10}  prefill {n:>5} tokens: {ms:8.1} ms (median of {PREFILL_RUNS})")?;
+            writeln!(
+                f,
+                "{name:<10}  prefill {n:>5} tokens: {ms:8.1} ms (median of {PREFILL_RUNS})"
+            )?;
         }
         write!(
             f,

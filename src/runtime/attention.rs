@@ -491,8 +491,10 @@ fn attend_tile_with<const ROWS: usize>(
         }
     }
     // A row that sees no key attends to every one, as the graph's softmax of its biases does.
-    let spans: Vec<(usize, usize)> =
-        bias.chunks_exact(stride).map(|row| visible_span(&row[..keys]).unwrap_or((0, keys))).collect();
+    let spans: Vec<(usize, usize)> = bias
+        .chunks_exact(stride)
+        .map(|row| visible_span(&row[..keys]).unwrap_or((0, keys)))
+        .collect();
     let lo = spans.iter().map(|s| s.0).min().unwrap_or(0);
     let hi = spans.iter().map(|s| s.1).max().unwrap_or(0);
     // Every weight a pass reads lies in `lo..hi`: the block's rows write all of it below, the
@@ -556,8 +558,10 @@ fn visible_span(biases: &[f32]) -> Option<(usize, usize)> {
     let any_seen = |chunk: &[f32]| chunk.iter().fold(false, |any, b| any | seen(b));
     let chunks = biases.chunks(TILE_KEYS);
     let first_chunk = chunks.clone().position(any_seen)?;
-    let last_chunk = chunks.rev().position(any_seen).map(|c| biases.len().div_ceil(TILE_KEYS) - 1 - c)?;
-    let first = first_chunk * TILE_KEYS + biases[first_chunk * TILE_KEYS..].iter().position(seen)?;
+    let last_chunk =
+        chunks.rev().position(any_seen).map(|c| biases.len().div_ceil(TILE_KEYS) - 1 - c)?;
+    let first =
+        first_chunk * TILE_KEYS + biases[first_chunk * TILE_KEYS..].iter().position(seen)?;
     let tail = &biases[..(last_chunk * TILE_KEYS + TILE_KEYS).min(biases.len())];
     Some((first, tail.iter().rposition(seen)? + 1))
 }

@@ -10,6 +10,7 @@ mod int4;
 pub(crate) mod load;
 mod lookup;
 pub mod ort;
+mod rope;
 pub mod tract;
 
 pub use load::{load, Loaded, ModelSource, RuntimeKind};

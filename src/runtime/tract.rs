@@ -16,6 +16,7 @@ use gptc_graph::names::{self, InputRole, KvPart};
 use super::attention::use_attention_kernel;
 use super::dense::use_dense_kernel;
 use super::int4::{onnx, stack_siblings};
+use super::rope::{use_rope_kernel, use_swiglu_kernel};
 use super::{
     cache_geometry, canonical_dim, Backend, Engine, InferredTensor, InputLayout, LogitPositions,
     Outputs,
@@ -317,7 +318,9 @@ pub fn optimized(model: InferenceModel) -> Result<TypedModel> {
     guarded("optimizing the model", || {
         let model = use_attention_kernel(stack_siblings(fuse_gelu(model.into_typed()?)?)?)?;
         let model = use_dense_kernel(model)?;
-        split_shared_constants(model)?.into_optimized()
+        // The rotations' slices are typed as tract's `Slice`, and SiLU found, once decluttered.
+        let model = split_shared_constants(model)?.into_decluttered()?;
+        use_swiglu_kernel(use_rope_kernel(model)?)?.into_optimized()
     })
 }
 
