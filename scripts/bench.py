@@ -1,7 +1,10 @@
 """The benchmark of record: gptc (tract and ort from Rust) and ONNX Runtime's own Python package
 on the same exported file, in one run, so ratios are taken on one machine state.
 
-usage: .venv/bin/python scripts/bench.py [--int4] [extra gptc bench flags]   (run scripts/python-env.sh first)
+usage: .venv/bin/python scripts/bench.py [--int4] [--rounds N] [extra gptc bench flags]
+(run scripts/python-env.sh first). With --rounds N, every variant is measured N times in turn
+and the median of each ratio over the rounds is printed at the end: on a shared host, one
+runtime measured while the machine is slow moves a single run's ratios by 20-30%.
 Needs ORT_DYLIB_PATH (scripts/python-env.sh prints it) for the Rust ort runtime.
 """
 
@@ -87,28 +90,49 @@ def bench_variant(gptc, flags):
               f"{r['decode_tokens_per_s'] / py['decode_tokens_per_s']:.2f}x python-ort, "
               f"{r['decode_tokens_per_s'] / bound:.2f}x the bandwidth bound; prefill "
               + ", ".join(f"{n}: {ms / pms:.2f}x python-ort's time" for (n, ms), (_, pms) in zip(r["prefill_ms"], py["prefill_ms"])))
-    return {r["runtime"]: r["decode_tokens_per_s"] for r in summary["runtimes"] + [py]}
+    ratios = {}
+    for r in summary["runtimes"]:
+        ratios[(r["runtime"], "decode, x python-ort's rate")] = r["decode_tokens_per_s"] / py["decode_tokens_per_s"]
+        for (n, ms), (_, pms) in zip(r["prefill_ms"], py["prefill_ms"]):
+            ratios[(r["runtime"], f"prefill {n}, x python-ort's time")] = ms / pms
+    return {r["runtime"]: r["decode_tokens_per_s"] for r in summary["runtimes"] + [py]}, ratios
 
 
 def main():
     """With --int4, the float32 file and the 4-bit one (gptc's default accuracy level) in one
     run, and the int4/float32 decode ratio of each runtime."""
     gptc = ROOT / "target" / "release" / "gptc"
-    flags = [a for a in sys.argv[1:] if a != "--int4"]
+    args = sys.argv[1:]
+    rounds = 1
+    if "--rounds" in args:
+        at = args.index("--rounds")
+        rounds = int(args[at + 1])
+        args = args[:at] + args[at + 2:]
+    flags = [a for a in args if a != "--int4"]
     variants = [("float32", flags)]
-    if "--int4" in sys.argv[1:]:
+    if "--int4" in args:
         variants.append(("int4", [*flags, "--quantize", "int4"]))
-    rates = {}
-    for name, variant_flags in variants:
-        print(f"== {name}")
-        rates[name] = bench_variant(gptc, variant_flags)
-    if "int4" in rates:
-        print("\nint4 against float32, decode, same run:")
-        for runtime, rate in rates["int4"].items():
-            print(f"  {runtime:<10} {rate:6.1f} vs {rates['float32'][runtime]:6.1f} tokens/s = "
-                  f"{rate / rates['float32'][runtime]:.2f}x")
-        print(f"  gptc ort int4 = {rates['int4']['ort-cpu'] / rates['int4']['python-ort']:.2f}x python-ort int4; "
-              f"tract int4 = {rates['int4']['tract'] / rates['int4']['ort-cpu']:.2f}x gptc ort int4")
+    all_ratios = {name: [] for name, _ in variants}
+    for round_number in range(rounds):
+        rates = {}
+        for name, variant_flags in variants:
+            print(f"== {name}" + (f", round {round_number + 1} of {rounds}" if rounds > 1 else ""))
+            rates[name], ratios = bench_variant(gptc, variant_flags)
+            all_ratios[name].append(ratios)
+        if "int4" in rates:
+            print("\nint4 against float32, decode, same run:")
+            for runtime, rate in rates["int4"].items():
+                print(f"  {runtime:<10} {rate:6.1f} vs {rates['float32'][runtime]:6.1f} tokens/s = "
+                      f"{rate / rates['float32'][runtime]:.2f}x")
+            print(f"  gptc ort int4 = {rates['int4']['ort-cpu'] / rates['int4']['python-ort']:.2f}x python-ort int4; "
+                  f"tract int4 = {rates['int4']['tract'] / rates['int4']['ort-cpu']:.2f}x gptc ort int4")
+    if rounds > 1:
+        print(f"\nmedians over {rounds} rounds (each ratio taken within its round):")
+        for name, per_round in all_ratios.items():
+            for key in per_round[0]:
+                values = sorted(r[key] for r in per_round)
+                shown = ", ".join(f"{v:.2f}" for v in values)
+                print(f"  {name:<8} {key[0]:<8} {key[1]:<32} median {values[len(values) // 2]:.2f}x  ({shown})")
 
 
 if __name__ == "__main__":

@@ -106,16 +106,40 @@ impl Attention {
             };
             let mut scratch = Scratch::default();
             // A prompt's rows go through tiles, against the keys transposed once per head.
-            let tiled = rows >= TILE_ROWS && dim.is_multiple_of(TILE_KEYS);
+            // (The value kernels take sixteen outputs at a time.)
+            let tiled = rows >= TILE_ROWS && dim.is_multiple_of(16);
             if tiled {
                 transpose_keys(k, dim, &mut scratch.keys_by_dim);
             }
             // A block of query rows at a time, the heads of a group among them: each key and
             // value is read once for the block.
             let block_rows = if tiled { TILE_ROWS } else { QUERY_BLOCK };
+            let mut copied = Vec::new();
             for (block, out) in out.chunks_mut(block_rows * dim).enumerate() {
                 let first = block * block_rows;
                 let block_rows = first..first + out.len() / dim;
+                let q = &q[block_rows.start * dim..block_rows.end * dim];
+                if tiled {
+                    // Each row's biases where they lie (the mask's rows are contiguous), else
+                    // copied out of their broadcast.
+                    let row = |row: usize| {
+                        let (g, query) = (row / queries, row % queries);
+                        bias.slice_move(s![b, h, g, query, ..])
+                    };
+                    let lying: Option<Vec<&[f32]>> =
+                        block_rows.clone().map(|r| row(r).to_slice()).collect();
+                    let biases = match lying {
+                        Some(rows) => rows,
+                        None => {
+                            copied.clear();
+                            block_rows.clone().for_each(|r| copied.extend(row(r).iter()));
+                            copied.chunks_exact(keys).collect()
+                        }
+                    };
+                    let block = Block { q, biases: &biases, v, dim, scale: self.scale };
+                    attend_tile(block, &mut scratch, out);
+                    continue;
+                }
                 scratch.bias.clear();
                 for row in block_rows.clone() {
                     let (g, query) = (row / queries, row % queries);
@@ -126,11 +150,7 @@ impl Attention {
                     }
                     scratch.bias.extend([0.0; ROW_PAD]);
                 }
-                let q = &q[block_rows.start * dim..block_rows.end * dim];
-                match tiled {
-                    true => attend_tile(q, v, dim, self.scale, &mut scratch, out),
-                    false => attend(q, k, v, dim, self.scale, &mut scratch, out),
-                }
+                attend(q, k, v, dim, self.scale, &mut scratch, out);
             }
         };
         let done = crew().run_on_chunks(&mut by_head, rows * dim, head);
@@ -323,12 +343,11 @@ fn block_dots(q: &[f32], key: &[f32]) -> [f32; QUERY_BLOCK] {
     lanes.map(total)
 }
 
-/// Query rows of a prompt's tile. Its scores against [`TILE_KEYS`] keys at a time take one
-/// 512-bit register a row (AVX-512 has 32; AVX2's 16 take half the rows a pass).
+/// Query rows of a prompt's tile: the rows whose keys and values are read together.
 const TILE_ROWS: usize = 8;
 
-/// Keys of a score tile: the width of a 512-bit register, two 256-bit ones.
-const TILE_KEYS: usize = 16;
+/// Keys of a score tile: two 512-bit registers a query row.
+const TILE_KEYS: usize = 32;
 
 /// Query rows one pass over the values serves; each value row loaded serves them all.
 const VALUE_ROWS: usize = 4;
@@ -352,71 +371,62 @@ fn transpose_keys(k: &[f32], dim: usize, out: &mut Vec<f32>) {
     }
 }
 
-/// [`attend`] for a block of up to [`TILE_ROWS`] rows of a prompt, the keys transposed in
-/// `scratch.keys_by_dim` ([`transpose_keys`]), with the fastest tile kernels the CPU runs.
-fn attend_tile(
-    q: &[f32],
-    v: &[f32],
+/// A block of up to [`TILE_ROWS`] query rows of a prompt and what they attend to.
+struct Block<'a> {
+    /// `[R, D]`.
+    q: &'a [f32],
+    /// One slice of `T` a row.
+    biases: &'a [&'a [f32]],
+    /// `[T, D]`.
+    v: &'a [f32],
     dim: usize,
     scale: f32,
-    scratch: &mut Scratch,
-    out: &mut [f32],
-) {
+}
+
+/// [`attend`] for a block of a prompt, the keys transposed in `scratch.keys_by_dim`
+/// ([`transpose_keys`]), with the fastest tile kernels the CPU runs.
+fn attend_tile(block: Block, scratch: &mut Scratch, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512 F (checked at run time).
-            return unsafe { attend_tile_avx512(q, v, dim, scale, scratch, out) };
+            return unsafe { attend_tile_avx512(block, scratch, out) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-            return unsafe { attend_tile_avx2(q, v, dim, scale, scratch, out) };
+            return unsafe { attend_tile_avx2(block, scratch, out) };
         }
     }
-    let kernels = TileKernels::<4> { scores: score_tile::<4>, values: value_tiles::<16> };
-    attend_tile_with(q, v, dim, scale, scratch, out, kernels)
+    let kernels = TileKernels::<2> { scores: score_tile::<2>, values: value_tiles::<16> };
+    attend_tile_with(block, scratch, out, kernels)
 }
 
 /// [`attend_tile_with`] AVX-512's kernels, the softmax in 512-bit registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn attend_tile_avx512(
-    q: &[f32],
-    v: &[f32],
-    dim: usize,
-    scale: f32,
-    scratch: &mut Scratch,
-    out: &mut [f32],
-) {
-    let kernels = TileKernels::<8> {
+unsafe fn attend_tile_avx512(block: Block, scratch: &mut Scratch, out: &mut [f32]) {
+    let kernels = TileKernels::<{ avx512::SCORE_ROWS }> {
         // SAFETY: the caller's CPU has AVX-512 F.
         scores: |q, k, padded, dim| unsafe { avx512::score_tile(q, k, padded, dim) },
         values: |w, stride, v, dim, span, rows, out| unsafe {
             avx512::value_tiles(w, stride, v, dim, span, rows, out)
         },
     };
-    attend_tile_with(q, v, dim, scale, scratch, out, kernels)
+    attend_tile_with(block, scratch, out, kernels)
 }
 
 /// [`attend_tile_with`] the portable kernels compiled for AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_tile_avx2(
-    q: &[f32],
-    v: &[f32],
-    dim: usize,
-    scale: f32,
-    scratch: &mut Scratch,
-    out: &mut [f32],
-) {
-    let kernels = TileKernels::<4> {
+unsafe fn attend_tile_avx2(block: Block, scratch: &mut Scratch, out: &mut [f32]) {
+    let kernels = TileKernels::<2> {
         // SAFETY: the caller's CPU has AVX2 and FMA.
         scores: |q, k, padded, dim| unsafe { score_tile_avx2(q, k, padded, dim) },
         values: |w, stride, v, dim, span, rows, out| unsafe {
             value_tiles_avx2(w, stride, v, dim, span, rows, out)
         },
     };
-    attend_tile_with(q, v, dim, scale, scratch, out, kernels)
+    attend_tile_with(block, scratch, out, kernels)
 }
 
 /// The two inner loops of a tile: a tile of scores ([`score_tile`]) and a pass of weighted
@@ -440,8 +450,8 @@ unsafe fn score_tile_avx2(
     keys: &[f32],
     padded: usize,
     dim: usize,
-) -> [[f32; TILE_KEYS]; 4] {
-    score_tile::<4>(queries, keys, padded, dim)
+) -> [[f32; TILE_KEYS]; 2] {
+    score_tile::<2>(queries, keys, padded, dim)
 }
 
 /// [`value_tiles`] compiled for AVX2.
@@ -469,16 +479,14 @@ unsafe fn value_tiles_avx2(
 /// the block sees (the causal mask's upper triangle) are skipped.
 #[inline(always)]
 fn attend_tile_with<const ROWS: usize>(
-    q: &[f32],
-    v: &[f32],
-    dim: usize,
-    scale: f32,
+    block: Block,
     scratch: &mut Scratch,
     out: &mut [f32],
     kernels: TileKernels<ROWS>,
 ) {
+    let Block { q, biases, v, dim, scale } = block;
     let (rows, keys) = (q.len() / dim, v.len() / dim);
-    let Scratch { bias, weights, keys_by_dim, queries } = scratch;
+    let Scratch { weights, keys_by_dim, queries, .. } = scratch;
     let padded = keys_by_dim.len() / dim;
     let stride = keys + ROW_PAD;
     let hidden = |b: f32| b <= f32::MIN;
@@ -491,10 +499,8 @@ fn attend_tile_with<const ROWS: usize>(
         }
     }
     // A row that sees no key attends to every one, as the graph's softmax of its biases does.
-    let spans: Vec<(usize, usize)> = bias
-        .chunks_exact(stride)
-        .map(|row| visible_span(&row[..keys]).unwrap_or((0, keys)))
-        .collect();
+    let spans: Vec<(usize, usize)> =
+        biases.iter().map(|row| visible_span(&row[..keys]).unwrap_or((0, keys))).collect();
     let lo = spans.iter().map(|s| s.0).min().unwrap_or(0);
     let hi = spans.iter().map(|s| s.1).max().unwrap_or(0);
     // Every weight a pass reads lies in `lo..hi`: the block's rows write all of it below, the
@@ -505,7 +511,7 @@ fn attend_tile_with<const ROWS: usize>(
     }
     for t0 in (lo / TILE_KEYS * TILE_KEYS..hi).step_by(TILE_KEYS) {
         let width = TILE_KEYS.min(keys - t0);
-        let biases = |r: usize| &bias[r * stride + t0..][..width];
+        let biases = |r: usize| &biases[r][t0..][..width];
         if (0..rows).all(|r| biases(r).iter().all(|&b| hidden(b))) {
             for r in 0..rows {
                 weights[r * stride + t0..][..width].copy_from_slice(biases(r));
@@ -522,16 +528,14 @@ fn attend_tile_with<const ROWS: usize>(
             }
         }
     }
-    for (row, &(first, end)) in weights.chunks_exact_mut(stride).zip(&spans) {
+    // The weights as `e^(score - largest)`; each row's sum divides its outputs at the end.
+    let mut totals = [1f32; TILE_ROWS];
+    for ((row, &(first, end)), total) in
+        weights.chunks_exact_mut(stride).zip(&spans).zip(&mut totals)
+    {
         let seen = &mut row[first..end];
-        let largest = seen.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
-        for w in seen.iter_mut() {
-            *w = exp(*w - largest);
-        }
-        let total = sum(seen);
-        for w in seen.iter_mut() {
-            *w /= total;
-        }
+        let largest = largest(seen);
+        *total = exp_and_sum(seen, largest);
         row[lo..first].fill(0.0);
         row[end..hi].fill(0.0);
     }
@@ -547,6 +551,34 @@ fn attend_tile_with<const ROWS: usize>(
             &mut out[r0 * dim..],
         );
     }
+    for (out, total) in out.chunks_exact_mut(dim).zip(totals) {
+        for o in out {
+            *o /= total;
+        }
+    }
+}
+
+/// The largest of `values` (NaN aside), in eight independent lanes.
+#[inline(always)]
+fn largest(values: &[f32]) -> f32 {
+    let (eights, rest) = values.as_chunks::<8>();
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    for eight in eights {
+        for l in 0..8 {
+            lanes[l] = lanes[l].max(eight[l]);
+        }
+    }
+    rest.iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &w| m.max(w))
+}
+
+/// `w <- e^(w - largest)` for each weight, and their sum (two passes: the exponentials in
+/// vector registers, then [`sum`]; one loop of both is not vectorized).
+#[inline(always)]
+fn exp_and_sum(weights: &mut [f32], largest: f32) -> f32 {
+    for w in weights.iter_mut() {
+        *w = exp(*w - largest);
+    }
+    sum(weights)
 }
 
 /// The keys a row of biases lets its query see: from the first not hidden to the last, or
@@ -621,9 +653,15 @@ fn value_tiles<const LANES: usize>(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Range, TILE_KEYS, TILE_ROWS, VALUE_ROWS};
+
     use std::arch::x86_64::*;
 
-    /// [`super::score_tile`] for all [`TILE_ROWS`] rows: one register a row.
+    /// Rows a pass of [`score_tile`] takes: with two registers a row for [`TILE_KEYS`] keys and
+    /// two sums (even and odd dimensions), sixteen registers of sums.
+    pub(super) const SCORE_ROWS: usize = 4;
+
+    /// [`super::score_tile`] for [`SCORE_ROWS`] rows: per dimension, two loads of keys and four
+    /// broadcast queries feed eight multiply-adds.
     ///
     /// # Safety
     /// The CPU has AVX-512 F.
@@ -633,31 +671,38 @@ mod avx512 {
         keys: &[f32],
         padded: usize,
         dim: usize,
-    ) -> [[f32; TILE_KEYS]; TILE_ROWS] {
-        assert!(dim > 0 && queries.len() >= dim * TILE_ROWS);
+    ) -> [[f32; TILE_KEYS]; SCORE_ROWS] {
+        const HALVES: usize = TILE_KEYS / 16;
+        assert!(dim > 0 && queries.len() >= (dim - 1) * TILE_ROWS + SCORE_ROWS);
         assert!(keys.len() >= (dim - 1) * padded + TILE_KEYS);
         // Even and odd dimensions in two sums: half the rounding of one long chain.
         assert!(dim.is_multiple_of(2));
-        let mut even = [_mm512_setzero_ps(); TILE_ROWS];
+        let mut even = [[_mm512_setzero_ps(); HALVES]; SCORE_ROWS];
         let mut odd = even;
         for d in (0..dim).step_by(2) {
             for (d, acc) in [(d, &mut even), (d + 1, &mut odd)] {
                 // SAFETY: row `d` of both, in bounds as asserted.
                 unsafe {
-                    let key = _mm512_loadu_ps(keys.as_ptr().add(d * padded));
+                    let key = keys.as_ptr().add(d * padded);
+                    let key: [__m512; HALVES] =
+                        std::array::from_fn(|i| _mm512_loadu_ps(key.add(16 * i)));
                     let query = queries.as_ptr().add(d * TILE_ROWS);
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(*query.add(r)), key, *acc);
+                        let q = _mm512_set1_ps(*query.add(r));
+                        for (acc, &key) in acc.iter_mut().zip(&key) {
+                            *acc = _mm512_fmadd_ps(q, key, *acc);
+                        }
                     }
                 }
             }
         }
-        let mut out = [[0f32; TILE_KEYS]; TILE_ROWS];
-        for (out, acc) in
-            out.iter_mut().zip(even.into_iter().zip(odd).map(|(a, b)| _mm512_add_ps(a, b)))
-        {
-            // SAFETY: sixteen floats into sixteen.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+        let mut out = [[0f32; TILE_KEYS]; SCORE_ROWS];
+        for (r, out) in out.iter_mut().enumerate() {
+            for i in 0..HALVES {
+                let sum = _mm512_add_ps(even[r][i], odd[r][i]);
+                // SAFETY: sixteen floats into sixteen of the row.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * i), sum) };
+            }
         }
         out
     }

@@ -54,14 +54,22 @@ impl DensePanels {
         self.n.div_ceil(PANEL)
     }
 
-    /// `y = x W` for `m` rows `x` of `k` values into `y` of `m` rows of `n`.
-    pub fn matmul(&self, x: &[f32], y: &mut [f32]) -> TractResult<()> {
-        self.matmul_on(crew(), kernel(), x, y)
+    /// `y = x W (+ bias)` for `m` rows `x` of `k` values into `y` of `m` rows of `n`.
+    pub fn matmul(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) -> TractResult<()> {
+        self.matmul_on(crew(), kernel(), x, bias, y)
     }
 
-    fn matmul_on(&self, crew: &Crew, kernel: Kernel, x: &[f32], y: &mut [f32]) -> TractResult<()> {
+    fn matmul_on(
+        &self,
+        crew: &Crew,
+        kernel: Kernel,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> TractResult<()> {
         let (k, n) = (self.k, self.n);
         ensure!(k > 0 && n > 0, "GptcDenseMatMul: a [{k}, {n}] matrix");
+        ensure!(bias.is_none_or(|b| b.len() == n), "GptcDenseMatMul: a bias not of {n}");
         let m = x.len() / k;
         ensure!(
             x.len() == m * k && y.len() == m * n,
@@ -82,7 +90,14 @@ impl DensePanels {
                 let mut r0 = 0;
                 while r0 < m {
                     let rows = [PASS_ROWS, 4, 2, 1].into_iter().find(|&r| r <= m - r0).unwrap_or(1);
-                    let products = kernel(panel, &x[r0 * k..][..rows * k], rows);
+                    let mut products = kernel(panel, &x[r0 * k..][..rows * k], rows);
+                    if let Some(bias) = bias {
+                        for products in &mut products[..rows] {
+                            for (p, b) in products.iter_mut().zip(&bias[column..column + width]) {
+                                *p += b;
+                            }
+                        }
+                    }
                     for (r, products) in products.iter().enumerate().take(rows) {
                         // SAFETY: panel `p`'s columns, which only the chunk of panel `p` writes.
                         unsafe { out.write((r0 + r) * n + column, &products[..width]) };
@@ -254,17 +269,18 @@ mod avx512 {
     }
 }
 
-/// `y = x W` for a float32 `x` of `[.., k]` and a constant `W`: tract's op around
-/// [`DensePanels::matmul`].
+/// `y = x W (+ bias)` for a float32 `x` of `[.., k]` and a constant `W` (and bias `[n]`):
+/// tract's op around [`DensePanels::matmul`].
 #[derive(Debug, Clone)]
 pub struct DenseMatMul {
     weights: Arc<DensePanels>,
+    bias: Option<Arc<Tensor>>,
 }
 
 /// Ops are equal when they hold the same panels (one matrix is never laid out twice).
 impl PartialEq for DenseMatMul {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.weights, &other.weights)
+        Arc::ptr_eq(&self.weights, &other.weights) && self.bias == other.bias
     }
 }
 
@@ -294,7 +310,11 @@ impl EvalOp for DenseMatMul {
         let a = a.as_standard_layout();
         let x = a.as_slice().context("a standard layout array is contiguous")?;
         let mut y = vec![0f32; x.len() / k * n];
-        self.weights.matmul(x, &mut y)?;
+        let bias = match &self.bias {
+            Some(b) => Some(b.try_as_plain_ram()?.as_slice::<f32>()?),
+            None => None,
+        };
+        self.weights.matmul(x, bias, &mut y)?;
         let mut shape: TVec<usize> = a.shape().into();
         *shape.last_mut().context("rank 0")? = n;
         Ok(tvec!(tract_ndarray::ArrayD::from_shape_vec(&*shape, y)?.into_tvalue()))
@@ -330,13 +350,55 @@ pub fn use_dense_kernel(mut model: TypedModel) -> TractResult<TypedModel> {
             false => [w.shape()[0], w.shape()[1]],
         };
         let values = w.try_as_plain_ram()?.as_slice::<f32>()?;
-        let op = DenseMatMul { weights: Arc::new(DensePanels::new(values, k, n, transposed)) };
+        let weights = Arc::new(DensePanels::new(values, k, n, transposed));
+        let op = DenseMatMul { weights, bias: None };
         let node = model.node(id);
         let name = format!("{}.gptc_dense", node.name);
         let mut patch = TypedModelPatch::default();
         let x = patch.tap_model(&model, node.inputs[0])?;
         let out = patch.wire_node(name, op, &[x])?;
         patch.shunt_outside(&model, id.into(), out[0])?;
+        patch.apply(&mut model)?;
+    }
+    Ok(model)
+}
+
+/// Folds each `Add(DenseMatMul(x), bias)` of a constant bias of `n` values (leading axes of
+/// one) into the matmul, which adds it as it writes its outputs: one pass over them fewer.
+pub fn fold_dense_bias(mut model: TypedModel) -> TractResult<TypedModel> {
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
+    use tract_onnx::tract_core::ops::math::Add;
+    let found: Vec<(usize, usize, Arc<Tensor>)> = model
+        .nodes()
+        .iter()
+        .filter_map(|add| {
+            let is_add = add.op_as::<TypedBinOp>().is_some_and(|b| b.0.is::<Add>());
+            if !is_add || add.inputs.len() != 2 {
+                return None;
+            }
+            [(0, 1), (1, 0)].into_iter().find_map(|(m, b)| {
+                let matmul = model.node(add.inputs[m].node);
+                let op = matmul.op_as::<DenseMatMul>().filter(|op| op.bias.is_none())?;
+                let bias = model.node(add.inputs[b].node).op_as::<Const>()?.val().clone();
+                let n = op.weights.n;
+                let fits = matmul.outputs[0].successors.len() == 1
+                    && bias.datum_type() == f32::datum_type()
+                    && bias.len() == n
+                    && bias.shape().last() == Some(&n)
+                    && model.outlet_fact(add.id.into()).ok()?.shape
+                        == model.outlet_fact(matmul.id.into()).ok()?.shape;
+                fits.then_some((add.id, matmul.id, bias))
+            })
+        })
+        .collect();
+    for (add, matmul, bias) in found {
+        let node = model.node(matmul);
+        let op = node.op_as::<DenseMatMul>().context("a dense matmul")?;
+        let op = DenseMatMul { weights: op.weights.clone(), bias: Some(bias) };
+        let mut patch = TypedModelPatch::default();
+        let x = patch.tap_model(&model, node.inputs[0])?;
+        let out = patch.wire_node(format!("{}.bias", node.name), op, &[x])?;
+        patch.shunt_outside(&model, add.into(), out[0])?;
         patch.apply(&mut model)?;
     }
     Ok(model)
@@ -407,6 +469,7 @@ fn multiplies_last_axis(axes: &AxesMapping, rank: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
 
     #[test]
     fn every_kernel_gives_the_product_on_every_shape() {
@@ -423,7 +486,7 @@ mod tests {
                 for (name, kernel) in kernels() {
                     for crew in [Crew::new(0), Crew::new(1)] {
                         let mut y = vec![f32::NAN; m * n];
-                        panels.matmul_on(&crew, kernel, &x, &mut y).unwrap();
+                        panels.matmul_on(&crew, kernel, &x, None, &mut y).unwrap();
                         for (at, &got) in y.iter().enumerate() {
                             let (r, j) = (at / n, at % n);
                             let terms = (0..k).map(|i| x[r * k + i] as f64 * w[i * n + j] as f64);
@@ -437,6 +500,43 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// gptc's random weights have zero biases, which tract drops: the fold is tested on a bias
+    /// of its own, on either side of the sum.
+    #[test]
+    fn a_constant_bias_after_the_matmul_is_folded_into_it() {
+        use tract_onnx::tract_core::ops::math::add;
+        let (k, n) = (8, 5);
+        let w: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.3).sin()).collect();
+        let b: Vec<f32> = (0..n).map(|j| j as f32 - 1.5).collect();
+        let x: Vec<f32> = (0..2 * 3 * k).map(|i| (i as f32 * 0.7).cos()).collect();
+        for (bias_shape, bias_first) in [(vec![1, 1, n], false), (vec![n], true)] {
+            let mut model = TypedModel::default();
+            let input = model.add_source("x", f32::fact([2, 3, k])).unwrap();
+            let weights = model.add_const("w", Tensor::from_shape(&[k, n], &w).unwrap()).unwrap();
+            let axes: AxesMapping = "abk,kn->abn".parse().unwrap();
+            let einsum = EinSum::new(axes, f32::datum_type());
+            let y = model.wire_node("mm", einsum, &[input, weights]).unwrap()[0];
+            let bias = Tensor::from_shape(&bias_shape, &b).unwrap();
+            let bias = model.add_const("b", bias.broadcast_into_rank(3).unwrap()).unwrap();
+            let inputs = if bias_first { [bias, y] } else { [y, bias] };
+            let sum = model.wire_node("add", add(), &inputs).unwrap()[0];
+            model.select_output_outlets(&[sum]).unwrap();
+            let model = fold_dense_bias(use_dense_kernel(model).unwrap()).unwrap();
+            let folded: Vec<&DenseMatMul> =
+                model.nodes().iter().filter_map(|n| n.op_as::<DenseMatMul>()).collect();
+            assert!(folded.len() == 1 && folded[0].bias.is_some(), "{bias_shape:?}");
+            assert!(!model.nodes().iter().any(|n| n.op_is::<TypedBinOp>()), "{bias_shape:?}");
+            let input = Tensor::from_shape(&[2, 3, k], &x).unwrap();
+            let out = model.into_runnable().unwrap().run(tvec![input.into()]).unwrap();
+            let out = out[0].to_plain_array_view::<f32>().unwrap();
+            for (at, &got) in out.iter().enumerate() {
+                let (r, j) = (at / n, at % n);
+                let exact: f32 = (0..k).map(|i| x[r * k + i] * w[i * n + j]).sum::<f32>() + b[j];
+                assert!((got - exact).abs() < 1e-5, "{bias_shape:?} at {at}: {got} vs {exact}");
             }
         }
     }
