@@ -839,15 +839,15 @@ pub fn use_attention_kernel(mut model: TypedModel) -> TractResult<TypedModel> {
     let layers: Vec<Chain> =
         model.nodes().iter().filter_map(|node| Chain::ending_at(&model, node)).collect();
     for chain in layers {
-        let mut patch = TypedModelPatch::default();
-        let inputs = [chain.q, chain.k, chain.v, chain.bias]
-            .iter()
-            .map(|&o| patch.tap_model(&model, o))
-            .collect::<TractResult<TVec<_>>>()?;
-        let name = format!("{}.gptc_attention", model.node(chain.context).name);
-        let out = patch.wire_node(name, Attention { scale: chain.scale }, &inputs)?;
-        patch.shunt_outside(&model, chain.merge.into(), out[0])?;
-        patch.apply(&mut model)?;
+        let op = Attention { scale: chain.scale };
+        let inputs = [chain.q, chain.k, chain.v, chain.bias];
+        super::replace_with(
+            &mut model,
+            [chain.merge, chain.context],
+            "gptc_attention",
+            op,
+            &inputs,
+        )?;
     }
     Ok(model)
 }

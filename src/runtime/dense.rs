@@ -181,6 +181,12 @@ fn panel_rows<const ROWS: usize, const SPLIT: usize>(
 }
 
 fn panel_plain(panel: &[f32], x: &[f32], rows: usize) -> [[f32; PANEL]; PASS_ROWS] {
+    panel_any(panel, x, rows)
+}
+
+/// The pass for `rows` rows: one sum a column for 8 or 4 rows, two for 2, four for 1.
+#[inline(always)]
+fn panel_any(panel: &[f32], x: &[f32], rows: usize) -> [[f32; PANEL]; PASS_ROWS] {
     match rows {
         PASS_ROWS => panel_rows::<PASS_ROWS, 1>(panel, x),
         4 => panel_rows::<4, 1>(panel, x),
@@ -196,12 +202,7 @@ fn panel_plain(panel: &[f32], x: &[f32], rows: usize) -> [[f32; PANEL]; PASS_ROW
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn panel_avx2(panel: &[f32], x: &[f32], rows: usize) -> [[f32; PANEL]; PASS_ROWS] {
-    match rows {
-        PASS_ROWS => panel_rows::<PASS_ROWS, 1>(panel, x),
-        4 => panel_rows::<4, 1>(panel, x),
-        2 => panel_rows::<2, 2>(panel, x),
-        _ => panel_rows::<1, 4>(panel, x),
-    }
+    panel_any(panel, x, rows)
 }
 
 /// The kernel in 512-bit registers with fused multiply-adds.
@@ -352,13 +353,8 @@ pub fn use_dense_kernel(mut model: TypedModel) -> TractResult<TypedModel> {
         let values = w.try_as_plain_ram()?.as_slice::<f32>()?;
         let weights = Arc::new(DensePanels::new(values, k, n, transposed));
         let op = DenseMatMul { weights, bias: None };
-        let node = model.node(id);
-        let name = format!("{}.gptc_dense", node.name);
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(&model, node.inputs[0])?;
-        let out = patch.wire_node(name, op, &[x])?;
-        patch.shunt_outside(&model, id.into(), out[0])?;
-        patch.apply(&mut model)?;
+        let x = model.node(id).inputs[0];
+        super::replace_with(&mut model, [id, id], "gptc_dense", op, &[x])?;
     }
     Ok(model)
 }
@@ -395,11 +391,8 @@ pub fn fold_dense_bias(mut model: TypedModel) -> TractResult<TypedModel> {
         let node = model.node(matmul);
         let op = node.op_as::<DenseMatMul>().context("a dense matmul")?;
         let op = DenseMatMul { weights: op.weights.clone(), bias: Some(bias) };
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(&model, node.inputs[0])?;
-        let out = patch.wire_node(format!("{}.bias", node.name), op, &[x])?;
-        patch.shunt_outside(&model, add.into(), out[0])?;
-        patch.apply(&mut model)?;
+        let x = node.inputs[0];
+        super::replace_with(&mut model, [add, matmul], "bias", op, &[x])?;
     }
     Ok(model)
 }

@@ -271,6 +271,25 @@ pub fn canonical_dim(dim: &str) -> String {
     terms.join("+")
 }
 
+/// Puts `op`, reading `inputs`, in the place of node `replaced`'s output, named after node
+/// `named` with `suffix`: how each of gptc's rewrites swaps tract's ops for one of its own.
+fn replace_with(
+    model: &mut tract_onnx::prelude::TypedModel,
+    [replaced, named]: [usize; 2],
+    suffix: &str,
+    op: impl Into<Box<dyn tract_onnx::tract_core::ops::TypedOp>>,
+    inputs: &[tract_onnx::prelude::OutletId],
+) -> tract_onnx::prelude::TractResult<()> {
+    use tract_onnx::prelude::*;
+    let mut patch = TypedModelPatch::default();
+    let taps =
+        inputs.iter().map(|&o| patch.tap_model(model, o)).collect::<TractResult<TVec<_>>>()?;
+    let name = format!("{}.{suffix}", model.node(named).name);
+    let out = patch.wire_node(name, op, &taps)?;
+    patch.shunt_outside(model, replaced.into(), out[0])?;
+    patch.apply(model)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,13 +90,7 @@ pub fn use_rope_kernel(mut model: TypedModel) -> TractResult<TypedModel> {
         .filter_map(|node| Some((node.id, rope_inputs(&model, node)?)))
         .collect();
     for (id, inputs) in found {
-        let mut patch = TypedModelPatch::default();
-        let taps =
-            inputs.iter().map(|&o| patch.tap_model(&model, o)).collect::<TractResult<TVec<_>>>()?;
-        let name = format!("{}.gptc_rope", model.node(id).name);
-        let out = patch.wire_node(name, Rope, &taps)?;
-        patch.shunt_outside(&model, id.into(), out[0])?;
-        patch.apply(&mut model)?;
+        super::replace_with(&mut model, [id, id], "gptc_rope", Rope, &inputs)?;
     }
     Ok(model)
 }
@@ -246,13 +240,7 @@ pub fn use_swiglu_kernel(mut model: TypedModel) -> TractResult<TypedModel> {
         })
         .collect();
     for (id, inputs) in found {
-        let mut patch = TypedModelPatch::default();
-        let taps =
-            inputs.iter().map(|&o| patch.tap_model(&model, o)).collect::<TractResult<TVec<_>>>()?;
-        let name = format!("{}.gptc_swiglu", model.node(id).name);
-        let out = patch.wire_node(name, SwiGlu, &taps)?;
-        patch.shunt_outside(&model, id.into(), out[0])?;
-        patch.apply(&mut model)?;
+        super::replace_with(&mut model, [id, id], "gptc_swiglu", SwiGlu, &inputs)?;
     }
     Ok(model)
 }
