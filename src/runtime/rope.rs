@@ -201,7 +201,7 @@ impl EvalOp for SwiGlu {
         for (v, u) in values.iter_mut().zip(up) {
             *v *= u;
         }
-        Ok(tvec!(Tensor::from_shape(gate.shape(), &values)?.into_tvalue()))
+        Ok(tvec!(tract_ndarray::ArrayD::from_shape_vec(gate.shape(), values)?.into_tvalue()))
     }
 }
 
