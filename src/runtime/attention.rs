@@ -87,13 +87,33 @@ impl Attention {
             4 => bias.insert_axis(Axis(2)),
             _ => bias,
         };
-        let bias = bias.into_dimensionality::<Ix5>()?;
-        let bias = bias
+        let given = bias.into_dimensionality::<Ix5>()?;
+        let bias = given
             .broadcast((batch, kv_heads, group, queries, keys))
             .with_context(|| format!("GptcAttention: bias {:?}", inputs[3].shape()))?;
+        // A prompt's rows go through tiles (below), each over its span of visible keys: found
+        // once for each row of biases as given, not again for every head its broadcast reaches.
+        let rows = group * queries;
+        let tiled = rows >= TILE_ROWS && dim.is_multiple_of(16);
+        let spans: Vec<(usize, usize)> = match tiled {
+            true => given
+                .lanes(Axis(4))
+                .into_iter()
+                .map(|row| match row.as_slice() {
+                    Some(row) => visible_span(row),
+                    None => visible_span(&row.to_vec()),
+                })
+                .map(|span| span.unwrap_or((0, keys)))
+                .collect(),
+            false => Vec::new(),
+        };
+        let (b0, h0, g0, q0, _) = given.dim();
+        let span_of = |b: usize, h: usize, g: usize, query: usize| {
+            // A given axis is 1 or the full length (the broadcast above checked it).
+            spans[(((b % b0) * h0 + h % h0) * g0 + g % g0) * q0 + query % q0]
+        };
         // A key/value head's query rows (`G S` of them, group by group) side by side, as
         // `[B, KV, G, S, D]`; merged into `[B, S, KV, G, D]` below.
-        let rows = group * queries;
         let mut by_head = vec![0f32; batch * kv_heads * rows * dim];
         let head = |i: usize, out: &mut [f32]| {
             let (b, h) = (i / kv_heads, i % kv_heads);
@@ -107,7 +127,6 @@ impl Attention {
             let mut scratch = Scratch::default();
             // A prompt's rows go through tiles, against the keys transposed once per head.
             // (The value kernels take sixteen outputs at a time.)
-            let tiled = rows >= TILE_ROWS && dim.is_multiple_of(16);
             if tiled {
                 transpose_keys(k, dim, &mut scratch.keys_by_dim);
             }
@@ -136,7 +155,12 @@ impl Attention {
                             copied.chunks_exact(keys).collect()
                         }
                     };
-                    let block = Block { q, biases: &biases, v, dim, scale: self.scale };
+                    let spans: Vec<(usize, usize)> = block_rows
+                        .clone()
+                        .map(|r| span_of(b, h, r / queries, r % queries))
+                        .collect();
+                    let block =
+                        Block { q, biases: &biases, spans: &spans, v, dim, scale: self.scale };
                     attend_tile(block, &mut scratch, out);
                     continue;
                 }
@@ -155,16 +179,17 @@ impl Attention {
         };
         let done = crew().run_on_chunks(&mut by_head, rows * dim, head);
         ensure!(done, "GptcAttention: a thread failed");
-        let mut merged = vec![0f32; by_head.len()];
-        for (i, rows) in by_head.chunks_exact(rows * dim).enumerate() {
-            let (b, h) = (i / kv_heads, i % kv_heads);
-            for (row, values) in rows.chunks_exact(dim).enumerate() {
-                let (g, query) = (row / queries, row % queries);
-                let at = ((b * queries + query) * heads + h * group + g) * dim;
-                merged[at..][..dim].copy_from_slice(values);
+        super::written_tensor(&out_shape, |merged| {
+            for (i, rows) in by_head.chunks_exact(rows * dim).enumerate() {
+                let (b, h) = (i / kv_heads, i % kv_heads);
+                for (row, values) in rows.chunks_exact(dim).enumerate() {
+                    let (g, query) = (row / queries, row % queries);
+                    let at = ((b * queries + query) * heads + h * group + g) * dim;
+                    merged[at..][..dim].copy_from_slice(values);
+                }
             }
-        }
-        Ok(Tensor::from_shape(&out_shape, &merged)?.into_tvalue())
+            Ok(())
+        })
     }
 }
 
@@ -377,6 +402,9 @@ struct Block<'a> {
     q: &'a [f32],
     /// One slice of `T` a row.
     biases: &'a [&'a [f32]],
+    /// Each row's visible keys ([`visible_span`]; a row that sees none attends to every key, as
+    /// the graph's softmax of its biases does).
+    spans: &'a [(usize, usize)],
     /// `[T, D]`.
     v: &'a [f32],
     dim: usize,
@@ -484,7 +512,7 @@ fn attend_tile_with<const ROWS: usize>(
     out: &mut [f32],
     kernels: TileKernels<ROWS>,
 ) {
-    let Block { q, biases, v, dim, scale } = block;
+    let Block { q, biases, spans, v, dim, scale } = block;
     let (rows, keys) = (q.len() / dim, v.len() / dim);
     let Scratch { weights, keys_by_dim, queries, .. } = scratch;
     let padded = keys_by_dim.len() / dim;
@@ -498,9 +526,6 @@ fn attend_tile_with<const ROWS: usize>(
             queries[d * TILE_ROWS + r] = x;
         }
     }
-    // A row that sees no key attends to every one, as the graph's softmax of its biases does.
-    let spans: Vec<(usize, usize)> =
-        biases.iter().map(|row| visible_span(&row[..keys]).unwrap_or((0, keys))).collect();
     let lo = spans.iter().map(|s| s.0).min().unwrap_or(0);
     let hi = spans.iter().map(|s| s.1).max().unwrap_or(0);
     // Every weight a pass reads lies in `lo..hi`: the block's rows write all of it below, the
@@ -531,7 +556,7 @@ fn attend_tile_with<const ROWS: usize>(
     // The weights as `e^(score - largest)`; each row's sum divides its outputs at the end.
     let mut totals = [1f32; TILE_ROWS];
     for ((row, &(first, end)), total) in
-        weights.chunks_exact_mut(stride).zip(&spans).zip(&mut totals)
+        weights.chunks_exact_mut(stride).zip(spans).zip(&mut totals)
     {
         let seen = &mut row[first..end];
         let largest = largest(seen);

@@ -310,15 +310,13 @@ impl EvalOp for DenseMatMul {
         ensure!(a.shape().last() == Some(&k), "GptcDenseMatMul: input {:?}, k {k}", a.shape());
         let a = a.as_standard_layout();
         let x = a.as_slice().context("a standard layout array is contiguous")?;
-        let mut y = vec![0f32; x.len() / k * n];
         let bias = match &self.bias {
             Some(b) => Some(b.try_as_plain_ram()?.as_slice::<f32>()?),
             None => None,
         };
-        self.weights.matmul(x, bias, &mut y)?;
         let mut shape: TVec<usize> = a.shape().into();
         *shape.last_mut().context("rank 0")? = n;
-        Ok(tvec!(tract_ndarray::ArrayD::from_shape_vec(&*shape, y)?.into_tvalue()))
+        Ok(tvec!(super::written_tensor(&shape, |y| self.weights.matmul(x, bias, y))?))
     }
 }
 

@@ -180,28 +180,30 @@ impl EvalOp for Int4Lookup {
         let blocks = self.blocks.try_as_plain_ram()?;
         let blocks = blocks.as_slice::<u8>()?;
         let width = self.per_row * BLOCK;
-        let mut out = vec![0f32; ids.len() * width];
-        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(width)) {
-            // Negative ids count from the end, as ONNX's Gather and ONNX Runtime's kernel take them.
-            let r = if id < 0 { id + self.n as i64 } else { id };
-            ensure!(
-                (0..self.n as i64).contains(&r),
-                "GptcInt4Lookup: token id {id} outside the table's {} rows",
-                self.n
-            );
-            let r = r as usize;
-            for (b, values) in row.chunks_exact_mut(BLOCK).enumerate() {
-                let at = r * self.per_row + b;
-                let scale = self.scales[at];
-                for (j, &byte) in blocks[at * BLOB..][..BLOB].iter().enumerate() {
-                    values[2 * j] = ((byte & 0x0f) as f32 - 8.0) * scale;
-                    values[2 * j + 1] = ((byte >> 4) as f32 - 8.0) * scale;
-                }
-            }
-        }
         let mut shape: TVec<usize> = ids.shape().into();
         shape.extend([self.per_row, BLOCK]);
-        Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
+        let out = super::written_tensor(&shape, |out| {
+            for (&id, row) in ids.iter().zip(out.chunks_exact_mut(width)) {
+                // Negative ids count from the end, as ONNX's Gather and ONNX Runtime's kernel take them.
+                let r = if id < 0 { id + self.n as i64 } else { id };
+                ensure!(
+                    (0..self.n as i64).contains(&r),
+                    "GptcInt4Lookup: token id {id} outside the table's {} rows",
+                    self.n
+                );
+                let r = r as usize;
+                for (b, values) in row.chunks_exact_mut(BLOCK).enumerate() {
+                    let at = r * self.per_row + b;
+                    let scale = self.scales[at];
+                    for (j, &byte) in blocks[at * BLOB..][..BLOB].iter().enumerate() {
+                        values[2 * j] = ((byte & 0x0f) as f32 - 8.0) * scale;
+                        values[2 * j + 1] = ((byte >> 4) as f32 - 8.0) * scale;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(tvec!(out))
     }
 }
 

@@ -290,6 +290,26 @@ fn replace_with(
     patch.apply(model)
 }
 
+/// A float32 output of `shape` that `fill` writes whole: allocated once, as tract's own ops
+/// allocate theirs, and handed to tract as it is. (A `Vec` made into a tensor is copied once
+/// more, and a zeroed one is written twice: at a 1024-token prefill that was a tenth of the
+/// projections' time.)
+///
+/// `fill` must write every element before it reads any: every caller's kernel stores its
+/// results and accumulates in registers or its own scratch. Debug builds fill the tensor with
+/// NaN first (tract does), so a missed element shows in the tests' logits.
+fn written_tensor(
+    shape: &[usize],
+    fill: impl FnOnce(&mut [f32]) -> tract_onnx::prelude::TractResult<()>,
+) -> tract_onnx::prelude::TractResult<tract_onnx::prelude::TValue> {
+    use tract_onnx::prelude::*;
+    // SAFETY: a tensor of a plain-data type; `fill` writes each element before any is read
+    // (the contract above).
+    let mut tensor = unsafe { Tensor::uninitialized::<f32>(shape)? };
+    fill(tensor.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
+    Ok(tensor.into_tvalue())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,21 +41,25 @@ impl EvalOp for Rope {
         let dim = x.shape()[last];
         ensure!(dim % 2 == 0, "GptcRope: an odd last axis ({dim})");
         let half = dim / 2;
-        let mut out = tract_ndarray::ArrayD::<f32>::zeros(x.shape());
-        let lanes =
-            x.lanes(Axis(last)).into_iter().zip(cos.lanes(Axis(last))).zip(sin.lanes(Axis(last)));
-        for (((x, cos), sin), mut out) in lanes.zip(out.lanes_mut(Axis(last))) {
-            let slices = (x.as_slice(), cos.as_slice(), sin.as_slice(), out.as_slice_mut());
-            if let (Some(x), Some(cos), Some(sin), Some(out)) = slices {
-                rotate(x, cos, sin, out);
-                continue;
+        let out = super::written_tensor(x.shape(), |out| {
+            let lanes = x.lanes(Axis(last)).into_iter().zip(cos.lanes(Axis(last)));
+            for (((x, cos), sin), out) in
+                lanes.zip(sin.lanes(Axis(last))).zip(out.chunks_exact_mut(dim))
+            {
+                if let (Some(x), Some(cos), Some(sin)) =
+                    (x.as_slice(), cos.as_slice(), sin.as_slice())
+                {
+                    rotate(x, cos, sin, out);
+                    continue;
+                }
+                for d in 0..dim {
+                    let rotated = if d < half { -x[d + half] } else { x[d - half] };
+                    out[d] = x[d] * cos[d] + rotated * sin[d];
+                }
             }
-            for d in 0..dim {
-                let rotated = if d < half { -x[d + half] } else { x[d - half] };
-                out[d] = x[d] * cos[d] + rotated * sin[d];
-            }
-        }
-        Ok(tvec!(out.into_tvalue()))
+            Ok(())
+        })?;
+        Ok(tvec!(out))
     }
 }
 
@@ -183,25 +187,26 @@ impl EvalOp for SwiGlu {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         use tract_onnx::tract_core::tract_linalg::routines::Func;
         let (gate, up) = (&inputs[0], &inputs[1]);
+        let shape: TVec<usize> = gate.shape().into();
         ensure!(
             gate.shape() == up.shape(),
             "GptcSwiGlu: {:?} against {:?}",
             gate.shape(),
             up.shape()
         );
-        let contiguous = |t: &TValue| -> TractResult<Vec<f32>> {
-            let view = t.to_plain_array_view::<f32>()?;
-            Ok(view.as_slice().map_or_else(|| view.iter().copied().collect(), <[f32]>::to_vec))
-        };
-        let mut values = contiguous(gate)?;
-        Func::Silu.ew_f32()?.run(&mut values)?;
-        let up = up.to_plain_array_view::<f32>()?;
-        let up = up.as_standard_layout();
-        let up = up.as_slice().context("GptcSwiGlu: a standard layout array is contiguous")?;
-        for (v, u) in values.iter_mut().zip(up) {
-            *v *= u;
-        }
-        Ok(tvec!(tract_ndarray::ArrayD::from_shape_vec(gate.shape(), values)?.into_tvalue()))
+        let (gate, up) = (gate.to_plain_array_view::<f32>()?, up.to_plain_array_view::<f32>()?);
+        let (gate, up) = (gate.as_standard_layout(), up.as_standard_layout());
+        let contiguous = "GptcSwiGlu: a standard layout array is contiguous";
+        let (gate, up) = (gate.as_slice().context(contiguous)?, up.as_slice().context(contiguous)?);
+        let out = super::written_tensor(&shape, |out| {
+            out.copy_from_slice(gate);
+            Func::Silu.ew_f32()?.run(out)?;
+            for (o, u) in out.iter_mut().zip(up) {
+                *o *= u;
+            }
+            Ok(())
+        })?;
+        Ok(tvec!(out))
     }
 }
 

@@ -39,20 +39,25 @@ impl EvalOp for Int4MatMul {
         let rows = a.len() / k;
         let a = a.as_standard_layout();
         let x = a.as_slice().context("a standard layout array is contiguous")?;
-        let mut y = vec![0f32; rows * n];
-        self.weights.matmul(x, &mut y)?;
         let mut shape: TVec<usize> = a.shape().into();
         if let [_] = self.outputs[..] {
             *shape.last_mut().context("rank 0")? = n;
-            return Ok(tvec!(tract_ndarray::ArrayD::from_shape_vec(&*shape, y)?.into_tvalue()));
+            let y = crate::runtime::written_tensor(&shape, |y| self.weights.matmul(x, y))?;
+            return Ok(tvec!(y));
         }
+        let mut y = vec![0f32; rows * n];
+        self.weights.matmul(x, &mut y)?;
         let mut first = 0;
         let mut outputs = TVec::new();
         for &width in &self.outputs {
             *shape.last_mut().context("rank 0")? = width;
-            let part: Vec<f32> =
-                y.chunks_exact(n).flat_map(|row| &row[first..first + width]).copied().collect();
-            outputs.push(Tensor::from_shape(&shape, &part)?.into_tvalue());
+            let part = crate::runtime::written_tensor(&shape, |part| {
+                for (part, row) in part.chunks_exact_mut(width).zip(y.chunks_exact(n)) {
+                    part.copy_from_slice(&row[first..first + width]);
+                }
+                Ok(())
+            })?;
+            outputs.push(part);
             first += width;
         }
         Ok(outputs)
