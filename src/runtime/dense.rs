@@ -54,9 +54,10 @@ impl DensePanels {
         self.n.div_ceil(PANEL)
     }
 
-    /// `y = x W (+ bias)` for `m` rows `x` of `k` values into `y` of `m` rows of `n`.
-    pub fn matmul(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) -> TractResult<()> {
-        self.matmul_on(crew(), kernel(), x, bias, y)
+    /// `y = x W (+ bias) (+ residual)` for `m` rows `x` of `k` values into `y` of `m` rows of
+    /// `n`, the bias (`[n]`) and the residual (`[m, n]`) added as the products are written.
+    pub fn matmul(&self, x: &[f32], adds: Addends, y: &mut [f32]) -> TractResult<()> {
+        self.matmul_on(crew(), kernel(), x, adds, y)
     }
 
     fn matmul_on(
@@ -64,13 +65,17 @@ impl DensePanels {
         crew: &Crew,
         kernel: Kernel,
         x: &[f32],
-        bias: Option<&[f32]>,
+        Addends { bias, residual }: Addends,
         y: &mut [f32],
     ) -> TractResult<()> {
         let (k, n) = (self.k, self.n);
         ensure!(k > 0 && n > 0, "GptcDenseMatMul: a [{k}, {n}] matrix");
         ensure!(bias.is_none_or(|b| b.len() == n), "GptcDenseMatMul: a bias not of {n}");
         let m = x.len() / k;
+        ensure!(
+            residual.is_none_or(|r| r.len() == m * n),
+            "GptcDenseMatMul: a residual not of [{m}, {n}]"
+        );
         ensure!(
             x.len() == m * k && y.len() == m * n,
             "GptcDenseMatMul: {} inputs and {} outputs for [{m}, {k}] x [{k}, {n}]",
@@ -98,6 +103,14 @@ impl DensePanels {
                             }
                         }
                     }
+                    if let Some(residual) = residual {
+                        for (r, products) in products[..rows].iter_mut().enumerate() {
+                            let residual = &residual[(r0 + r) * n + column..][..width];
+                            for (p, x) in products.iter_mut().zip(residual) {
+                                *p += x;
+                            }
+                        }
+                    }
                     for (r, products) in products.iter().enumerate().take(rows) {
                         // SAFETY: panel `p`'s columns, which only the chunk of panel `p` writes.
                         unsafe { out.write((r0 + r) * n + column, &products[..width]) };
@@ -112,6 +125,15 @@ impl DensePanels {
         );
         Ok(())
     }
+}
+
+/// What [`DensePanels::matmul`] adds to its products as it writes them.
+#[derive(Clone, Copy, Default)]
+pub struct Addends<'a> {
+    /// `[n]`, added to every row.
+    pub bias: Option<&'a [f32]>,
+    /// `[m, n]`: a residual stream the products join.
+    pub residual: Option<&'a [f32]>,
 }
 
 /// The products of `rows` (8, 4, 2 or 1) activation rows `x` (`[rows, k]`) with a panel
@@ -270,18 +292,22 @@ mod avx512 {
     }
 }
 
-/// `y = x W (+ bias)` for a float32 `x` of `[.., k]` and a constant `W` (and bias `[n]`):
-/// tract's op around [`DensePanels::matmul`].
+/// `y = x W (+ bias) (+ r)` for a float32 `x` of `[.., k]`, a constant `W` (and bias `[n]`),
+/// and with `residual`, a second input `r` of `y`'s shape: tract's op around
+/// [`DensePanels::matmul`].
 #[derive(Debug, Clone)]
 pub struct DenseMatMul {
     weights: Arc<DensePanels>,
     bias: Option<Arc<Tensor>>,
+    residual: bool,
 }
 
 /// Ops are equal when they hold the same panels (one matrix is never laid out twice).
 impl PartialEq for DenseMatMul {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.weights, &other.weights) && self.bias == other.bias
+        Arc::ptr_eq(&self.weights, &other.weights)
+            && self.bias == other.bias
+            && self.residual == other.residual
     }
 }
 
@@ -316,7 +342,24 @@ impl EvalOp for DenseMatMul {
         };
         let mut shape: TVec<usize> = a.shape().into();
         *shape.last_mut().context("rank 0")? = n;
-        Ok(tvec!(super::written_tensor(&shape, |y| self.weights.matmul(x, bias, y))?))
+        let residual = match self.residual {
+            true => Some(inputs.get(1).context("GptcDenseMatMul: no residual input")?),
+            false => None,
+        };
+        let residual = match residual {
+            Some(r) => {
+                ensure!(r.shape() == &*shape, "GptcDenseMatMul: residual {:?}", r.shape());
+                Some(r.to_plain_array_view::<f32>()?)
+            }
+            None => None,
+        };
+        let residual = residual.as_ref().map(|r| r.as_standard_layout());
+        let residual = match &residual {
+            Some(r) => Some(r.as_slice().context("a standard layout array is contiguous")?),
+            None => None,
+        };
+        let adds = Addends { bias, residual };
+        Ok(tvec!(super::written_tensor(&shape, |y| self.weights.matmul(x, adds, y))?))
     }
 }
 
@@ -350,49 +393,82 @@ pub fn use_dense_kernel(mut model: TypedModel) -> TractResult<TypedModel> {
         };
         let values = w.try_as_plain_ram()?.as_slice::<f32>()?;
         let weights = Arc::new(DensePanels::new(values, k, n, transposed));
-        let op = DenseMatMul { weights, bias: None };
+        let op = DenseMatMul { weights, bias: None, residual: false };
         let x = model.node(id).inputs[0];
         super::replace_with(&mut model, [id, id], "gptc_dense", op, &[x])?;
     }
     Ok(model)
 }
 
-/// Folds each `Add(DenseMatMul(x), bias)` of a constant bias of `n` values (leading axes of
-/// one) into the matmul, which adds it as it writes its outputs: one pass over them fewer.
-pub fn fold_dense_bias(mut model: TypedModel) -> TractResult<TypedModel> {
-    use tract_onnx::tract_core::ops::binary::TypedBinOp;
-    use tract_onnx::tract_core::ops::math::Add;
-    let found: Vec<(usize, usize, Arc<Tensor>)> = model
-        .nodes()
-        .iter()
-        .filter_map(|add| {
-            let is_add = add.op_as::<TypedBinOp>().is_some_and(|b| b.0.is::<Add>());
-            if !is_add || add.inputs.len() != 2 {
-                return None;
-            }
-            [(0, 1), (1, 0)].into_iter().find_map(|(m, b)| {
-                let matmul = model.node(add.inputs[m].node);
-                let op = matmul.op_as::<DenseMatMul>().filter(|op| op.bias.is_none())?;
-                let bias = model.node(add.inputs[b].node).op_as::<Const>()?.val().clone();
-                let n = op.weights.n;
-                let fits = matmul.outputs[0].successors.len() == 1
-                    && bias.datum_type() == f32::datum_type()
-                    && bias.len() == n
-                    && bias.shape().last() == Some(&n)
-                    && model.outlet_fact(add.id.into()).ok()?.shape
-                        == model.outlet_fact(matmul.id.into()).ok()?.shape;
-                fits.then_some((add.id, matmul.id, bias))
-            })
-        })
-        .collect();
-    for (add, matmul, bias) in found {
-        let node = model.node(matmul);
-        let op = node.op_as::<DenseMatMul>().context("a dense matmul")?;
-        let op = DenseMatMul { weights: op.weights.clone(), bias: Some(bias) };
-        let x = node.inputs[0];
-        super::replace_with(&mut model, [add, matmul], "bias", op, &[x])?;
+/// Folds what is added to a [`DenseMatMul`]'s output into the matmul, which adds it as it
+/// writes its outputs (one pass over them, and one allocation, fewer): first each constant bias
+/// of `n` values (leading axes of one), then each residual stream of the output's own shape
+/// (`x + f(x) W`, twice a layer).
+pub fn fold_dense_adds(mut model: TypedModel) -> TractResult<TypedModel> {
+    for kind in [Addend::Bias, Addend::Residual] {
+        // One at a time: a fold replaces an add whose output may be the next one's residual.
+        while let Some((add, matmul, addend)) =
+            model.nodes().iter().find_map(|add| kind.find(&model, add))
+        {
+            let node = model.node(matmul);
+            let op = node.op_as::<DenseMatMul>().context("a dense matmul")?.clone();
+            let x = node.inputs[0];
+            let (op, inputs, suffix) = match kind {
+                Addend::Bias => {
+                    let bias = model.node(addend.node).op_as::<Const>().context("a bias")?;
+                    (DenseMatMul { bias: Some(bias.val().clone()), ..op }, vec![x], "bias")
+                }
+                Addend::Residual => {
+                    (DenseMatMul { residual: true, ..op }, vec![x, addend], "residual")
+                }
+            };
+            super::replace_with(&mut model, [add, matmul], suffix, op, &inputs)?;
+        }
     }
     Ok(model)
+}
+
+/// What [`fold_dense_adds`] folds into a matmul.
+#[derive(Clone, Copy)]
+enum Addend {
+    Bias,
+    Residual,
+}
+
+impl Addend {
+    /// `(the add, the matmul, what it adds)` where `add` sums the output of a matmul that feeds
+    /// nothing else with an addend of this kind the matmul does not add yet.
+    fn find(self, model: &TypedModel, add: &TypedNode) -> Option<(usize, usize, OutletId)> {
+        use tract_onnx::tract_core::ops::binary::TypedBinOp;
+        use tract_onnx::tract_core::ops::math::Add;
+        let is_add = add.op_as::<TypedBinOp>().is_some_and(|b| b.0.is::<Add>());
+        if !is_add || add.inputs.len() != 2 {
+            return None;
+        }
+        let sum = model.outlet_fact(add.id.into()).ok()?;
+        [(0, 1), (1, 0)].into_iter().find_map(|(m, a)| {
+            let matmul = model.node(add.inputs[m].node);
+            let op = matmul.op_as::<DenseMatMul>()?;
+            let addend = add.inputs[a];
+            let fact = model.outlet_fact(addend).ok()?;
+            let alone = matmul.outputs[0].successors.len() == 1
+                && model.outlet_fact(matmul.id.into()).ok()?.shape == sum.shape
+                && fact.datum_type == f32::datum_type();
+            let fits = match self {
+                Addend::Bias => {
+                    let bias = model.node(addend.node).op_as::<Const>()?.val();
+                    let n = op.weights.n;
+                    op.bias.is_none() && bias.len() == n && bias.shape().last() == Some(&n)
+                }
+                Addend::Residual => {
+                    !op.residual
+                        && fact.shape == sum.shape
+                        && model.node(addend.node).op_as::<Const>().is_none()
+                }
+            };
+            (alone && fits).then_some((add.id, matmul.id, addend))
+        })
+    }
 }
 
 /// `W` of a node computing `x W` as [`use_dense_kernel`] takes it: a constant `[k, n]`, or the
@@ -464,7 +540,8 @@ mod tests {
 
     #[test]
     fn every_kernel_gives_the_product_on_every_shape() {
-        // Columns not a multiple of 16, k odd and below the split, rows of every pass size.
+        // Columns not a multiple of 16, k odd and below the split, rows of every pass size;
+        // with a bias and a residual added, on two threads, and without, on one.
         for (k, n) in [(1, 1), (5, 17), (64, 48), (103, 70)] {
             let w: Vec<f32> =
                 (0..k * n).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 500.0).collect();
@@ -474,14 +551,18 @@ mod tests {
             assert_eq!(panels.values, from_rows.values);
             for m in [1, 2, 3, 7, 8, 9, 15, 33] {
                 let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+                let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.25 - 2.0).collect();
+                let residual: Vec<f32> = (0..m * n).map(|i| (i as f32 * 0.11).cos()).collect();
+                let with = Addends { bias: Some(&bias), residual: Some(&residual) };
                 for (name, kernel) in kernels() {
-                    for crew in [Crew::new(0), Crew::new(1)] {
+                    for (crew, adds) in [(Crew::new(0), Addends::default()), (Crew::new(1), with)] {
                         let mut y = vec![f32::NAN; m * n];
-                        panels.matmul_on(&crew, kernel, &x, None, &mut y).unwrap();
+                        panels.matmul_on(&crew, kernel, &x, adds, &mut y).unwrap();
                         for (at, &got) in y.iter().enumerate() {
                             let (r, j) = (at / n, at % n);
                             let terms = (0..k).map(|i| x[r * k + i] as f64 * w[i * n + j] as f64);
-                            let exact: f64 = terms.clone().sum();
+                            let added = adds.bias.map_or(0.0, |b| b[j] + residual[at]);
+                            let exact: f64 = terms.clone().sum::<f64>() + added as f64;
                             let magnitude: f64 = terms.map(f64::abs).sum();
                             let close = (got as f64 - exact).abs() <= 1e-6 * magnitude.max(1.0);
                             assert!(
@@ -496,37 +577,45 @@ mod tests {
     }
 
     /// gptc's random weights have zero biases, which tract drops: the fold is tested on a bias
-    /// of its own, on either side of the sum.
+    /// of its own, each addend on either side of its sum.
     #[test]
-    fn a_constant_bias_after_the_matmul_is_folded_into_it() {
+    fn a_bias_and_a_residual_after_the_matmul_are_folded_into_it() {
         use tract_onnx::tract_core::ops::math::add;
         let (k, n) = (8, 5);
         let w: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.3).sin()).collect();
         let b: Vec<f32> = (0..n).map(|j| j as f32 - 1.5).collect();
         let x: Vec<f32> = (0..2 * 3 * k).map(|i| (i as f32 * 0.7).cos()).collect();
-        for (bias_shape, bias_first) in [(vec![1, 1, n], false), (vec![n], true)] {
+        let r: Vec<f32> = (0..2 * 3 * n).map(|i| i as f32 * 0.5 - 3.0).collect();
+        for (bias_shape, first) in [(vec![1, 1, n], false), (vec![n], true)] {
             let mut model = TypedModel::default();
             let input = model.add_source("x", f32::fact([2, 3, k])).unwrap();
+            let stream = model.add_source("r", f32::fact([2, 3, n])).unwrap();
             let weights = model.add_const("w", Tensor::from_shape(&[k, n], &w).unwrap()).unwrap();
             let axes: AxesMapping = "abk,kn->abn".parse().unwrap();
             let einsum = EinSum::new(axes, f32::datum_type());
             let y = model.wire_node("mm", einsum, &[input, weights]).unwrap()[0];
             let bias = Tensor::from_shape(&bias_shape, &b).unwrap();
             let bias = model.add_const("b", bias.broadcast_into_rank(3).unwrap()).unwrap();
-            let inputs = if bias_first { [bias, y] } else { [y, bias] };
-            let sum = model.wire_node("add", add(), &inputs).unwrap()[0];
+            let inputs = if first { [bias, y] } else { [y, bias] };
+            let biased = model.wire_node("add", add(), &inputs).unwrap()[0];
+            let inputs = if first { [stream, biased] } else { [biased, stream] };
+            let sum = model.wire_node("residual", add(), &inputs).unwrap()[0];
             model.select_output_outlets(&[sum]).unwrap();
-            let model = fold_dense_bias(use_dense_kernel(model).unwrap()).unwrap();
+            let model = fold_dense_adds(use_dense_kernel(model).unwrap()).unwrap();
             let folded: Vec<&DenseMatMul> =
                 model.nodes().iter().filter_map(|n| n.op_as::<DenseMatMul>()).collect();
-            assert!(folded.len() == 1 && folded[0].bias.is_some(), "{bias_shape:?}");
+            let both = folded.len() == 1 && folded[0].bias.is_some() && folded[0].residual;
+            assert!(both, "{bias_shape:?}");
             assert!(!model.nodes().iter().any(|n| n.op_is::<TypedBinOp>()), "{bias_shape:?}");
             let input = Tensor::from_shape(&[2, 3, k], &x).unwrap();
-            let out = model.into_runnable().unwrap().run(tvec![input.into()]).unwrap();
+            let stream = Tensor::from_shape(&[2, 3, n], &r).unwrap();
+            let runnable = model.into_runnable().unwrap();
+            let out = runnable.run(tvec![input.into(), stream.into()]).unwrap();
             let out = out[0].to_plain_array_view::<f32>().unwrap();
             for (at, &got) in out.iter().enumerate() {
-                let (r, j) = (at / n, at % n);
-                let exact: f32 = (0..k).map(|i| x[r * k + i] * w[i * n + j]).sum::<f32>() + b[j];
+                let (row, j) = (at / n, at % n);
+                let product: f32 = (0..k).map(|i| x[row * k + i] * w[i * n + j]).sum();
+                let exact = product + b[j] + r[at];
                 assert!((got - exact).abs() < 1e-5, "{bias_shape:?} at {at}: {got} vs {exact}");
             }
         }
@@ -553,6 +642,13 @@ mod tests {
             let ours = nodes.iter().filter(|n| n.op_is::<DenseMatMul>()).count();
             // q, k, v, attention output, MLP in and out, per layer, and the head, tied or not.
             assert_eq!(ours, 6 * 2 + 1, "tied: {tie_weights}");
+            // The attention output and the MLP's out join the residual stream as they write.
+            let joined = nodes
+                .iter()
+                .filter_map(|n| n.op_as::<DenseMatMul>())
+                .filter(|op| op.residual)
+                .count();
+            assert_eq!(joined, 2 * 2, "tied: {tie_weights}");
         }
     }
 }
