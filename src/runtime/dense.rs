@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use super::addends::{Addends, Epilogue, TakesAddends};
 use super::crew::{crew, Crew, DisjointColumns};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -65,17 +66,13 @@ impl DensePanels {
         crew: &Crew,
         kernel: Kernel,
         x: &[f32],
-        Addends { bias, residual }: Addends,
+        adds: Addends,
         y: &mut [f32],
     ) -> TractResult<()> {
         let (k, n) = (self.k, self.n);
         ensure!(k > 0 && n > 0, "GptcDenseMatMul: a [{k}, {n}] matrix");
-        ensure!(bias.is_none_or(|b| b.len() == n), "GptcDenseMatMul: a bias not of {n}");
         let m = x.len() / k;
-        ensure!(
-            residual.is_none_or(|r| r.len() == m * n),
-            "GptcDenseMatMul: a residual not of [{m}, {n}]"
-        );
+        adds.check(m, n).context("GptcDenseMatMul")?;
         ensure!(
             x.len() == m * k && y.len() == m * n,
             "GptcDenseMatMul: {} inputs and {} outputs for [{m}, {k}] x [{k}, {n}]",
@@ -96,21 +93,7 @@ impl DensePanels {
                 while r0 < m {
                     let rows = [PASS_ROWS, 4, 2, 1].into_iter().find(|&r| r <= m - r0).unwrap_or(1);
                     let mut products = kernel(panel, &x[r0 * k..][..rows * k], rows);
-                    if let Some(bias) = bias {
-                        for products in &mut products[..rows] {
-                            for (p, b) in products.iter_mut().zip(&bias[column..column + width]) {
-                                *p += b;
-                            }
-                        }
-                    }
-                    if let Some(residual) = residual {
-                        for (r, products) in products[..rows].iter_mut().enumerate() {
-                            let residual = &residual[(r0 + r) * n + column..][..width];
-                            for (p, x) in products.iter_mut().zip(residual) {
-                                *p += x;
-                            }
-                        }
-                    }
+                    adds.add_to(&mut products[..rows], r0, column, width, n);
                     for (r, products) in products.iter().enumerate().take(rows) {
                         // SAFETY: panel `p`'s columns, which only the chunk of panel `p` writes.
                         unsafe { out.write((r0 + r) * n + column, &products[..width]) };
@@ -125,15 +108,6 @@ impl DensePanels {
         );
         Ok(())
     }
-}
-
-/// What [`DensePanels::matmul`] adds to its products as it writes them.
-#[derive(Clone, Copy, Default)]
-pub struct Addends<'a> {
-    /// `[n]`, added to every row.
-    pub bias: Option<&'a [f32]>,
-    /// `[m, n]`: a residual stream the products join.
-    pub residual: Option<&'a [f32]>,
 }
 
 /// The products of `rows` (8, 4, 2 or 1) activation rows `x` (`[rows, k]`) with a panel
@@ -292,22 +266,18 @@ mod avx512 {
     }
 }
 
-/// `y = x W (+ bias) (+ r)` for a float32 `x` of `[.., k]`, a constant `W` (and bias `[n]`),
-/// and with `residual`, a second input `r` of `y`'s shape: tract's op around
-/// [`DensePanels::matmul`].
+/// `y = x W (+ bias) (+ r)` for a float32 `x` of `[.., k]`, a constant `W` and what its
+/// [`Epilogue`] adds: tract's op around [`DensePanels::matmul`].
 #[derive(Debug, Clone)]
 pub struct DenseMatMul {
     weights: Arc<DensePanels>,
-    bias: Option<Arc<Tensor>>,
-    residual: bool,
+    epilogue: Epilogue,
 }
 
 /// Ops are equal when they hold the same panels (one matrix is never laid out twice).
 impl PartialEq for DenseMatMul {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.weights, &other.weights)
-            && self.bias == other.bias
-            && self.residual == other.residual
+        Arc::ptr_eq(&self.weights, &other.weights) && self.epilogue == other.epilogue
     }
 }
 
@@ -336,29 +306,9 @@ impl EvalOp for DenseMatMul {
         ensure!(a.shape().last() == Some(&k), "GptcDenseMatMul: input {:?}, k {k}", a.shape());
         let a = a.as_standard_layout();
         let x = a.as_slice().context("a standard layout array is contiguous")?;
-        let bias = match &self.bias {
-            Some(b) => Some(b.try_as_plain_ram()?.as_slice::<f32>()?),
-            None => None,
-        };
         let mut shape: TVec<usize> = a.shape().into();
         *shape.last_mut().context("rank 0")? = n;
-        let residual = match self.residual {
-            true => Some(inputs.get(1).context("GptcDenseMatMul: no residual input")?),
-            false => None,
-        };
-        let residual = match residual {
-            Some(r) => {
-                ensure!(r.shape() == &*shape, "GptcDenseMatMul: residual {:?}", r.shape());
-                Some(r.to_plain_array_view::<f32>()?)
-            }
-            None => None,
-        };
-        let residual = residual.as_ref().map(|r| r.as_standard_layout());
-        let residual = match &residual {
-            Some(r) => Some(r.as_slice().context("a standard layout array is contiguous")?),
-            None => None,
-        };
-        let adds = Addends { bias, residual };
+        let adds = self.epilogue.addends(&inputs, &shape).context("GptcDenseMatMul")?;
         Ok(tvec!(super::written_tensor(&shape, |y| self.weights.matmul(x, adds, y))?))
     }
 }
@@ -373,6 +323,20 @@ impl TypedOp for DenseMatMul {
     }
 
     as_op!();
+}
+
+impl TakesAddends for DenseMatMul {
+    fn epilogue(&self) -> Option<&Epilogue> {
+        Some(&self.epilogue)
+    }
+
+    fn with_epilogue(&self, epilogue: Epilogue) -> Self {
+        DenseMatMul { weights: self.weights.clone(), epilogue }
+    }
+
+    fn columns(&self) -> usize {
+        self.weights.n
+    }
 }
 
 /// Replaces each float32 `x W` by a constant `[k, n]` matrix (tract's `EinSum` contracting the
@@ -393,82 +357,11 @@ pub fn use_dense_kernel(mut model: TypedModel) -> TractResult<TypedModel> {
         };
         let values = w.try_as_plain_ram()?.as_slice::<f32>()?;
         let weights = Arc::new(DensePanels::new(values, k, n, transposed));
-        let op = DenseMatMul { weights, bias: None, residual: false };
+        let op = DenseMatMul { weights, epilogue: Epilogue::default() };
         let x = model.node(id).inputs[0];
         super::replace_with(&mut model, [id, id], "gptc_dense", op, &[x])?;
     }
     Ok(model)
-}
-
-/// Folds what is added to a [`DenseMatMul`]'s output into the matmul, which adds it as it
-/// writes its outputs (one pass over them, and one allocation, fewer): first each constant bias
-/// of `n` values (leading axes of one), then each residual stream of the output's own shape
-/// (`x + f(x) W`, twice a layer).
-pub fn fold_dense_adds(mut model: TypedModel) -> TractResult<TypedModel> {
-    for kind in [Addend::Bias, Addend::Residual] {
-        // One at a time: a fold replaces an add whose output may be the next one's residual.
-        while let Some((add, matmul, addend)) =
-            model.nodes().iter().find_map(|add| kind.find(&model, add))
-        {
-            let node = model.node(matmul);
-            let op = node.op_as::<DenseMatMul>().context("a dense matmul")?.clone();
-            let x = node.inputs[0];
-            let (op, inputs, suffix) = match kind {
-                Addend::Bias => {
-                    let bias = model.node(addend.node).op_as::<Const>().context("a bias")?;
-                    (DenseMatMul { bias: Some(bias.val().clone()), ..op }, vec![x], "bias")
-                }
-                Addend::Residual => {
-                    (DenseMatMul { residual: true, ..op }, vec![x, addend], "residual")
-                }
-            };
-            super::replace_with(&mut model, [add, matmul], suffix, op, &inputs)?;
-        }
-    }
-    Ok(model)
-}
-
-/// What [`fold_dense_adds`] folds into a matmul.
-#[derive(Clone, Copy)]
-enum Addend {
-    Bias,
-    Residual,
-}
-
-impl Addend {
-    /// `(the add, the matmul, what it adds)` where `add` sums the output of a matmul that feeds
-    /// nothing else with an addend of this kind the matmul does not add yet.
-    fn find(self, model: &TypedModel, add: &TypedNode) -> Option<(usize, usize, OutletId)> {
-        use tract_onnx::tract_core::ops::binary::TypedBinOp;
-        use tract_onnx::tract_core::ops::math::Add;
-        let is_add = add.op_as::<TypedBinOp>().is_some_and(|b| b.0.is::<Add>());
-        if !is_add || add.inputs.len() != 2 {
-            return None;
-        }
-        let sum = model.outlet_fact(add.id.into()).ok()?;
-        [(0, 1), (1, 0)].into_iter().find_map(|(m, a)| {
-            let matmul = model.node(add.inputs[m].node);
-            let op = matmul.op_as::<DenseMatMul>()?;
-            let addend = add.inputs[a];
-            let fact = model.outlet_fact(addend).ok()?;
-            let alone = matmul.outputs[0].successors.len() == 1
-                && model.outlet_fact(matmul.id.into()).ok()?.shape == sum.shape
-                && fact.datum_type == f32::datum_type();
-            let fits = match self {
-                Addend::Bias => {
-                    let bias = model.node(addend.node).op_as::<Const>()?.val();
-                    let n = op.weights.n;
-                    op.bias.is_none() && bias.len() == n && bias.shape().last() == Some(&n)
-                }
-                Addend::Residual => {
-                    !op.residual
-                        && fact.shape == sum.shape
-                        && model.node(addend.node).op_as::<Const>().is_none()
-                }
-            };
-            (alone && fits).then_some((add.id, matmul.id, addend))
-        })
-    }
 }
 
 /// `W` of a node computing `x W` as [`use_dense_kernel`] takes it: a constant `[k, n]`, or the
@@ -601,10 +494,13 @@ mod tests {
             let inputs = if first { [stream, biased] } else { [biased, stream] };
             let sum = model.wire_node("residual", add(), &inputs).unwrap()[0];
             model.select_output_outlets(&[sum]).unwrap();
-            let model = fold_dense_adds(use_dense_kernel(model).unwrap()).unwrap();
+            let model =
+                crate::runtime::addends::fold_adds(use_dense_kernel(model).unwrap()).unwrap();
             let folded: Vec<&DenseMatMul> =
                 model.nodes().iter().filter_map(|n| n.op_as::<DenseMatMul>()).collect();
-            let both = folded.len() == 1 && folded[0].bias.is_some() && folded[0].residual;
+            let both = folded.len() == 1
+                && folded[0].epilogue.bias.is_some()
+                && folded[0].epilogue.residual;
             assert!(both, "{bias_shape:?}");
             assert!(!model.nodes().iter().any(|n| n.op_is::<TypedBinOp>()), "{bias_shape:?}");
             let input = Tensor::from_shape(&[2, 3, k], &x).unwrap();
@@ -646,7 +542,7 @@ mod tests {
             let joined = nodes
                 .iter()
                 .filter_map(|n| n.op_as::<DenseMatMul>())
-                .filter(|op| op.residual)
+                .filter(|op| op.epilogue.residual)
                 .count();
             assert_eq!(joined, 2 * 2, "tied: {tie_weights}");
         }

@@ -3,6 +3,7 @@
 //! fed back from step to step) is written once here, in [`Engine`]; a [`Backend`] supplies only
 //! what differs: wrapping ids, an empty past, and one run.
 
+mod addends;
 mod attention;
 mod crew;
 mod dense;

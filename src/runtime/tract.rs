@@ -13,8 +13,9 @@ use tract_onnx::tract_hir::internal::{
 
 use gptc_graph::names::{self, InputRole, KvPart};
 
+use super::addends::fold_adds;
 use super::attention::use_attention_kernel;
-use super::dense::{fold_dense_adds, use_dense_kernel};
+use super::dense::use_dense_kernel;
 use super::int4::{onnx, stack_siblings};
 use super::rope::{use_rope_kernel, use_swiglu_kernel};
 use super::{
@@ -321,7 +322,7 @@ pub fn optimized(model: InferenceModel) -> Result<TypedModel> {
         // The rotations' slices are typed as tract's `Slice`, SiLU found and biases folded into
         // constants, once decluttered.
         let model = split_shared_constants(model)?.into_decluttered()?;
-        fold_dense_adds(use_swiglu_kernel(use_rope_kernel(model)?)?)?.into_optimized()
+        fold_adds(use_swiglu_kernel(use_rope_kernel(model)?)?)?.into_optimized()
     })
 }
 

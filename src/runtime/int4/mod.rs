@@ -27,6 +27,7 @@ mod rewrite;
 mod schedule;
 mod weights;
 
+pub use op::Int4MatMul;
 pub use parse::onnx;
 pub use rewrite::stack_siblings;
 
@@ -38,6 +39,7 @@ mod tests {
     use super::onnx;
     use super::op::Int4MatMul;
     use super::weights::*;
+    use crate::runtime::addends::Addends;
     use crate::runtime::crew::Crew;
     use gptc_graph::onnx::{self as proto, DataType};
     use gptc_graph::quant::{Int4Matrix, BLOB, BLOCK};
@@ -56,7 +58,7 @@ mod tests {
         let (w, q) = matrix(k, n, 3);
         let x: Vec<f32> = (0..k).map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0).collect();
         let mut y = vec![0f32; n];
-        Int4Weights::new(&q).matmul(&x, &mut y).unwrap();
+        Int4Weights::new(&q).matmul(&x, Addends::default(), &mut y).unwrap();
         let exact: Vec<f32> =
             (0..n).map(|j| (0..k).map(|i| x[i] * w[i * n + j]).sum::<f32>()).collect();
         let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -92,6 +94,9 @@ mod tests {
             // q, k and v of each layer: one op.
             let stacked = ops.iter().filter(|op| op.outputs.len() == 3).count();
             assert_eq!(stacked, if ours > 0 { 2 } else { 0 }, "level {accuracy_level}");
+            // The attention output and the MLP's out join the residual stream as they write.
+            let joined = ops.iter().filter(|op| op.epilogue.residual).count();
+            assert_eq!(joined, if ours > 0 { 2 * 2 } else { 0 }, "level {accuracy_level}");
         }
     }
 
@@ -103,11 +108,11 @@ mod tests {
         let stacked = Int4Weights::stack(&parts).unwrap();
         let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.61).cos()).collect();
         let mut all = vec![0f32; m * stacked.n];
-        stacked.matmul(&x, &mut all).unwrap();
+        stacked.matmul(&x, Addends::default(), &mut all).unwrap();
         let mut first = 0;
         for part in &parts {
             let mut own = vec![0f32; m * part.n];
-            part.matmul(&x, &mut own).unwrap();
+            part.matmul(&x, Addends::default(), &mut own).unwrap();
             for (row, own) in all.chunks_exact(stacked.n).zip(own.chunks_exact(part.n)) {
                 assert_eq!(&row[first..first + part.n], own);
             }
@@ -170,7 +175,7 @@ mod tests {
             for (name, kernel) in kernels() {
                 for crew in [Crew::new(0), Crew::new(1)] {
                     let mut y = vec![0f32; m * n];
-                    weights.matmul_on(&crew, kernel, &x, &mut y).unwrap();
+                    weights.matmul_on(&crew, kernel, &x, Addends::default(), &mut y).unwrap();
                     for (r, row) in y.chunks_exact(n).enumerate() {
                         let odd = r == 1 || r == m - 1;
                         assert!(
@@ -186,7 +191,8 @@ mod tests {
     #[test]
     fn an_empty_matrix_is_an_error_not_a_division_by_zero() {
         let empty = Int4Matrix::from_stored(&[4, 0, BLOB], vec![], vec![]).unwrap();
-        let err = Int4Weights::new(&empty).matmul(&[], &mut [0.0; 4]).unwrap_err();
+        let err =
+            Int4Weights::new(&empty).matmul(&[], Addends::default(), &mut [0.0; 4]).unwrap_err();
         assert!(err.to_string().contains("[0, 4]"), "{err}");
     }
 
@@ -305,17 +311,24 @@ mod tests {
             };
             let close = |a: f32, b: f32, at: usize| (a - b).abs() <= 1e-6 * magnitude(at).max(1.0);
             let mut plain = vec![0f32; m * n];
-            weights.matmul_on(&Crew::new(0), panel_plain, &x, &mut plain).unwrap();
+            weights
+                .matmul_on(&Crew::new(0), panel_plain, &x, Addends::default(), &mut plain)
+                .unwrap();
+            // The fast kernels with a bias and a residual added as they write.
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 1.0).collect();
+            let residual: Vec<f32> = (0..m * n).map(|i| (i as f32 * 0.13).sin()).collect();
+            let adds = Addends { bias: Some(&bias), residual: Some(&residual) };
             for (name, kernel) in kernels() {
                 let mut fast = vec![0f32; m * n];
-                weights.matmul_on(&Crew::new(1), kernel, &x, &mut fast).unwrap();
+                weights.matmul_on(&Crew::new(1), kernel, &x, adds, &mut fast).unwrap();
                 for (at, (f, p)) in fast.iter().zip(&plain).enumerate() {
-                    assert!(close(*f, *p, at), "{name} {k}x{n}x{m}: {f} vs {p}");
+                    let p = p + bias[at % n] + residual[at];
+                    assert!(close(*f, p, at), "{name} {k}x{n}x{m}: {f} vs {p}");
                 }
             }
             for (r, row) in x.chunks_exact(k).enumerate() {
                 let mut alone = vec![0f32; n];
-                weights.matmul(row, &mut alone).unwrap();
+                weights.matmul(row, Addends::default(), &mut alone).unwrap();
                 for (j, (a, e)) in alone.iter().zip(&plain[r * n..][..n]).enumerate() {
                     assert!(close(*a, *e, r * n + j), "{k}x{n}x{m}: {a} vs {e}");
                 }

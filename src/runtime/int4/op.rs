@@ -3,21 +3,38 @@
 use std::sync::Arc;
 
 use super::weights::Int4Weights;
+use crate::runtime::addends::{Addends, Epilogue, TakesAddends};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-/// `y = A W^T` for a float32 `A` of `[.., k]`: tract's op around [`Int4Weights::matmul`]. The
-/// weights may be several matrices stacked along `n` (q, k and v of a layer), one output each.
+/// `y = A W^T` for a float32 `A` of `[.., k]`, and what its [`Epilogue`] adds: tract's op around
+/// [`Int4Weights::matmul`]. The weights may be several matrices stacked along `n` (q, k and v
+/// of a layer), one output each, and then nothing is added.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Int4MatMul {
     pub weights: Arc<Int4Weights>,
     /// Outputs of each matrix stacked in `weights`, in order; they sum to `weights.n`.
     pub outputs: TVec<usize>,
+    pub epilogue: Epilogue,
 }
 
 impl Int4MatMul {
     pub(super) fn new(weights: Arc<Int4Weights>) -> Int4MatMul {
-        Int4MatMul { outputs: tvec![weights.n], weights }
+        Int4MatMul { outputs: tvec![weights.n], weights, epilogue: Epilogue::default() }
+    }
+}
+
+impl TakesAddends for Int4MatMul {
+    fn epilogue(&self) -> Option<&Epilogue> {
+        (self.outputs.len() == 1).then_some(&self.epilogue)
+    }
+
+    fn with_epilogue(&self, epilogue: Epilogue) -> Self {
+        Int4MatMul { epilogue, ..self.clone() }
+    }
+
+    fn columns(&self) -> usize {
+        self.weights.n
     }
 }
 
@@ -42,11 +59,13 @@ impl EvalOp for Int4MatMul {
         let mut shape: TVec<usize> = a.shape().into();
         if let [_] = self.outputs[..] {
             *shape.last_mut().context("rank 0")? = n;
-            let y = crate::runtime::written_tensor(&shape, |y| self.weights.matmul(x, y))?;
+            let adds = self.epilogue.addends(&inputs, &shape).context("GptcInt4MatMul")?;
+            let y = crate::runtime::written_tensor(&shape, |y| self.weights.matmul(x, adds, y))?;
             return Ok(tvec!(y));
         }
+        ensure!(self.epilogue == Epilogue::default(), "GptcInt4MatMul: addends to stacked outputs");
         let mut y = vec![0f32; rows * n];
-        self.weights.matmul(x, &mut y)?;
+        self.weights.matmul(x, Addends::default(), &mut y)?;
         let mut first = 0;
         let mut outputs = TVec::new();
         for &width in &self.outputs {

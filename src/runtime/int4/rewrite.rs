@@ -12,8 +12,10 @@ pub fn stack_siblings(mut model: TypedModel) -> TractResult<TypedModel> {
     let mut by_input: Vec<(OutletId, Vec<usize>)> = Vec::new();
     for node in model.nodes() {
         let Some(op) = node.op_as::<Int4MatMul>() else { continue };
-        // Stacked streams stay aligned only if every matrix fills whole panels.
-        if op.outputs.len() != 1 || !op.weights.n.is_multiple_of(PANEL) {
+        // Stacked streams stay aligned only if every matrix fills whole panels; stacked outputs
+        // add nothing as they are written.
+        let adds = op.epilogue != Default::default();
+        if op.outputs.len() != 1 || !op.weights.n.is_multiple_of(PANEL) || adds {
             continue;
         }
         match by_input.iter_mut().find(|(input, _)| *input == node.inputs[0]) {
@@ -37,7 +39,7 @@ pub fn stack_siblings(mut model: TypedModel) -> TractResult<TypedModel> {
             &common[..len]
         });
         let name = format!("{shared}stacked_int4");
-        let op = Int4MatMul { weights: Arc::new(weights), outputs };
+        let op = Int4MatMul { outputs, ..Int4MatMul::new(Arc::new(weights)) };
         let stacked = patch.wire_node(name, op, &[tap])?;
         for (&id, &out) in ids.iter().zip(&stacked) {
             patch.shunt_outside(&model, id.into(), out)?;

@@ -3,6 +3,7 @@
 
 use super::kernels::{kernel, Int8Block, Kernel, PASS_ROWS};
 use super::weights::{Int4Weights, PANEL};
+use crate::runtime::addends::Addends;
 use crate::runtime::crew::{crew, Crew, DisjointColumns};
 use gptc_graph::quant::BLOCK;
 use tract_onnx::prelude::*;
@@ -16,11 +17,11 @@ const CHUNK_WORK: usize = 1 << 16;
 const QUANTIZE_ROWS: usize = 16;
 
 impl Int4Weights {
-    /// `y = x W^T` for `m` rows `x` of `k` values into `y` of `m` rows of `n`, with `x` quantized
-    /// to int8. Each panel's weights are read once for all `m` rows (they stay in the core's
-    /// cache while the rows pass over them), and the panels are shared with the crew.
-    pub fn matmul(&self, x: &[f32], y: &mut [f32]) -> TractResult<()> {
-        self.matmul_on(crew(), kernel(), x, y)
+    /// `y = x W^T (+ adds)` for `m` rows `x` of `k` values into `y` of `m` rows of `n`, with `x`
+    /// quantized to int8. Each panel's weights are read once for all `m` rows (they stay in the
+    /// core's cache while the rows pass over them), and the panels are shared with the crew.
+    pub fn matmul(&self, x: &[f32], adds: Addends, y: &mut [f32]) -> TractResult<()> {
+        self.matmul_on(crew(), kernel(), x, adds, y)
     }
 
     pub(super) fn matmul_on(
@@ -28,6 +29,7 @@ impl Int4Weights {
         crew: &Crew,
         kernel: Kernel,
         x: &[f32],
+        adds: Addends,
         y: &mut [f32],
     ) -> TractResult<()> {
         let (k, n, blocks) = (self.k, self.n, self.blocks);
@@ -39,6 +41,7 @@ impl Int4Weights {
             x.len(),
             y.len()
         );
+        adds.check(m, n).context("GptcInt4MatMul")?;
         if m == 0 {
             return Ok(());
         }
@@ -71,8 +74,9 @@ impl Int4Weights {
                 let (column, width) = (p * PANEL, PANEL.min(n - p * PANEL));
                 for r0 in (0..m).step_by(PASS_ROWS) {
                     let rows = PASS_ROWS.min(m - r0);
-                    let products =
+                    let mut products =
                         kernel(panel, &quantized[r0 * blocks..][..PASS_ROWS * blocks], rows);
+                    adds.add_to(&mut products[..rows], r0, column, width, n);
                     for (r, products) in products.iter().enumerate().take(rows) {
                         // SAFETY: panel `p`'s columns, which only the chunk of panel `p` writes.
                         unsafe { out.write((r0 + r) * n + column, &products[..width]) };
