@@ -6,7 +6,7 @@
 mod common;
 
 use common::reference::llama::Reference;
-use common::{greedy_with_logits, relative_error, token_ids};
+use common::{greedy_with_logits, relative_error, token_ids, NoisyInit};
 use gptc::runtime::ort::{Device, OrtRuntime};
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::{Runtime, Step};
@@ -78,29 +78,9 @@ fn configs() -> Vec<ModelConfig> {
     vec![llama(2, false), llama(4, true), qwen3(2, true), qwen3(1, false)]
 }
 
-/// Norm scales are ones at init: a forward that skipped one would still agree. These are not.
-struct SkewedNorms(RandomInit);
-
-impl gptc_graph::WeightSource for SkewedNorms {
-    fn tensor(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        init: gptc_graph::Init,
-    ) -> gptc_graph::Result<Vec<f32>> {
-        match init {
-            gptc_graph::Init::Ones => {
-                let noise = self.0.tensor(name, shape, gptc_graph::Init::Normal { std: 0.2 })?;
-                Ok(noise.into_iter().map(|x| 1.0 + x).collect())
-            }
-            _ => self.0.tensor(name, shape, init),
-        }
-    }
-}
-
 /// The encoded model and every weight it was built with.
 fn compile(config: &ModelConfig, options: GraphOptions, seed: u64) -> (Vec<u8>, TensorMap) {
-    let mut init = SkewedNorms(RandomInit { seed });
+    let mut init = NoisyInit(RandomInit { seed });
     let mut recording = Recording { source: &mut init, seen: TensorMap::default() };
     let model = build_model(config, options, &mut recording, Some(seed)).unwrap();
     (file::encode(&model), recording.seen)

@@ -7,7 +7,7 @@ mod common;
 
 use common::reference::Reference;
 use common::{assert_success, gptc_in, relative_error, stderr, tiny_config, token_ids, CACHE};
-use common::{greedy_with_logits, reference_greedy, PLAIN};
+use common::{greedy_with_logits, reference_greedy, NoisyInit, PLAIN};
 use gptc::runtime::ort::{Device, OrtRuntime};
 use gptc::runtime::tract::TractRuntime;
 use gptc::runtime::{Runtime, Step};
@@ -523,25 +523,6 @@ fn tract_refuses_a_gather_block_quantized_form_it_does_not_run() {
     assert!(err.contains(&node_name) && err.contains("zero points"), "{err}");
 }
 
-/// Biases are zeros at init, and tract drops a zero bias: these are not.
-struct NoisyBiases(RandomInit);
-
-impl gptc_graph::WeightSource for NoisyBiases {
-    fn tensor(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        init: gptc_graph::Init,
-    ) -> gptc_graph::Result<Vec<f32>> {
-        match init {
-            gptc_graph::Init::Zeros => {
-                self.0.tensor(name, shape, gptc_graph::Init::Normal { std: 0.5 })
-            }
-            _ => self.0.tensor(name, shape, init),
-        }
-    }
-}
-
 /// GPT-2's projections have biases, and each layer adds two of them to the residual stream: on
 /// tract, gptc's 4-bit kernel adds both as it writes its products. Its logits stay as near the
 /// dequantized reference as ONNX Runtime's at the same level.
@@ -549,7 +530,8 @@ impl gptc_graph::WeightSource for NoisyBiases {
 fn at_level_4_biases_and_residuals_added_by_gptcs_kernel_keep_the_logits() {
     let config = tiny_config(2, true);
     let options = GraphOptions { quantization: Quantization::Int4 { accuracy_level: 4 }, ..CACHE };
-    let mut init = NoisyBiases(RandomInit { seed: 31 });
+    // Biases are zeros at init, and tract drops a zero bias: these are not.
+    let mut init = NoisyInit(RandomInit { seed: 31 });
     let model = build_model(&config, options, &mut init, None).unwrap();
     let (bytes, weights) = (file::encode(&model), file::float_initializers(&model).unwrap());
     assert!(weights.0["h.0.attn.c_proj.bias"].data.iter().any(|&b| b != 0.0));

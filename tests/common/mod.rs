@@ -29,6 +29,28 @@ pub fn tiny_config(n_layers: usize, qkv_bias: bool) -> GptConfig {
     }
 }
 
+/// A random init away from the init's exact values: norm scales (ones) and biases (zeros) get
+/// noise, so a forward that skipped one, or a runtime that dropped one, would not agree.
+pub struct NoisyInit(pub RandomInit);
+
+impl gptc_graph::WeightSource for NoisyInit {
+    fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        init: gptc_graph::Init,
+    ) -> gptc_graph::Result<Vec<f32>> {
+        let noise = gptc_graph::Init::Normal { std: 0.2 };
+        match init {
+            gptc_graph::Init::Ones => {
+                Ok(self.0.tensor(name, shape, noise)?.into_iter().map(|x| 1.0 + x).collect())
+            }
+            gptc_graph::Init::Zeros => self.0.tensor(name, shape, noise),
+            _ => self.0.tensor(name, shape, init),
+        }
+    }
+}
+
 pub const PLAIN: GraphOptions = GraphOptions {
     kv_cache: false,
     last_token_logits: false,
