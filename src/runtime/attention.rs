@@ -95,8 +95,12 @@ impl Attention {
         // once for each row of biases as given, not again for every head its broadcast reaches.
         let rows = group * queries;
         let tiled = rows >= TILE_ROWS && dim.is_multiple_of(16);
+        let (b0, h0, g0, q0, _) = given.dim();
         let spans: Vec<(usize, usize)> = match tiled {
+            // Each row as its keys see it, a bias given for one key broadcast to all of them.
             true => given
+                .broadcast((b0, h0, g0, q0, keys))
+                .context("GptcAttention: a bias row against the keys")?
                 .lanes(Axis(4))
                 .into_iter()
                 .map(|row| match row.as_slice() {
@@ -107,7 +111,6 @@ impl Attention {
                 .collect(),
             false => Vec::new(),
         };
-        let (b0, h0, g0, q0, _) = given.dim();
         let span_of = |b: usize, h: usize, g: usize, query: usize| {
             // A given axis is 1 or the full length (the broadcast above checked it).
             spans[(((b % b0) * h0 + h % h0) * g0 + g % g0) * q0 + query % q0]
@@ -1175,6 +1178,30 @@ mod tests {
                 let shape = (batch, kv, group, queries, keys, dim);
                 assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{shape:?}: {a} vs {e}");
             }
+        }
+    }
+
+    /// A bias may be given for fewer axes than it covers (one row for every query, one value for
+    /// every key): each prompt row's span of keys is found on the row as broadcast.
+    #[test]
+    fn a_broadcast_bias_means_what_the_full_one_means() {
+        let wide = GptConfig { emb_dim: 768, n_heads: 12, context_length: 64, ..tiny_config() };
+        let op = attention_ops(&runtime(&wide, true, Precision::F32, Quantization::None)).remove(0);
+        let (heads, dim, queries, keys) = (12, 64, 19, 40);
+        let qkv = [
+            values(&[1, heads, queries, dim], 1),
+            values(&[1, heads, keys, dim], 2),
+            values(&[1, heads, keys, dim], 3),
+        ];
+        let attend = |shape: &[usize], value: f32| {
+            let n: usize = shape.iter().product();
+            let bias = Tensor::from_shape(shape, &vec![value; n]).unwrap().into_tvalue();
+            let inputs = [qkv[0].clone(), qkv[1].clone(), qkv[2].clone(), bias];
+            op.attend(&inputs).unwrap().into_tensor()
+        };
+        let full = attend(&[1, 1, queries, keys], -1.5);
+        for shape in [[1, 1, 1, 1], [1, 1, queries, 1], [1, 1, 1, keys]] {
+            assert_eq!(attend(&shape, -1.5), full, "bias {shape:?}");
         }
     }
 
