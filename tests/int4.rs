@@ -535,6 +535,12 @@ fn at_level_4_biases_and_residuals_added_by_gptcs_kernel_keep_the_logits() {
     let model = build_model(&config, options, &mut init, None).unwrap();
     let (bytes, weights) = (file::encode(&model), file::float_initializers(&model).unwrap());
     assert!(weights.0["h.0.attn.c_proj.bias"].data.iter().any(|&b| b != 0.0));
+    // The attention output's and the MLP's biases of both layers go into the kernel (the fold
+    // names each op it makes `<matmul>.bias`); q, k and v, stacked into one op, keep their adds.
+    let tract = TractRuntime::from_bytes(&bytes).unwrap();
+    let nodes = tract.backend().plan().model().nodes();
+    let biased = nodes.iter().filter(|n| n.name.contains(".bias")).count();
+    assert_eq!(biased, 3 * 2);
     let ids = token_ids(1, 13, config.vocab_size, 3);
     let expected = Reference::new(&config, &weights).logits(&ids).unwrap();
     for mut runtime in runtimes(&bytes) {

@@ -150,7 +150,9 @@ impl Kind {
             let addend = add.inputs[a];
             let fact = model.outlet_fact(addend).ok()?;
             let alone = matmul.outputs[0].successors.len() == 1
+                && !model.output_outlets().ok()?.contains(&matmul.id.into())
                 && model.outlet_fact(matmul.id.into()).ok()?.shape == sum.shape
+                && sum.datum_type == f32::datum_type()
                 && fact.datum_type == f32::datum_type();
             let constant = model.node(addend.node).op_as::<Const>();
             let fits = match self {

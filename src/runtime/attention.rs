@@ -182,17 +182,21 @@ impl Attention {
         };
         let done = crew().run_on_chunks(&mut by_head, rows * dim, head);
         ensure!(done, "GptcAttention: a thread failed");
-        super::written_tensor(&out_shape, |merged| {
-            for (i, rows) in by_head.chunks_exact(rows * dim).enumerate() {
-                let (b, h) = (i / kv_heads, i % kv_heads);
-                for (row, values) in rows.chunks_exact(dim).enumerate() {
-                    let (g, query) = (row / queries, row % queries);
-                    let at = ((b * queries + query) * heads + h * group + g) * dim;
-                    merged[at..][..dim].copy_from_slice(values);
+        // SAFETY: every head's every row is copied to its place, which covers the output.
+        let merged = unsafe {
+            super::written_tensor(&out_shape, |merged| {
+                for (i, rows) in by_head.chunks_exact(rows * dim).enumerate() {
+                    let (b, h) = (i / kv_heads, i % kv_heads);
+                    for (row, values) in rows.chunks_exact(dim).enumerate() {
+                        let (g, query) = (row / queries, row % queries);
+                        let at = ((b * queries + query) * heads + h * group + g) * dim;
+                        merged[at..][..dim].copy_from_slice(values);
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            })?
+        };
+        Ok(merged)
     }
 }
 
@@ -685,7 +689,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// Rows a pass of [`score_tile`] takes: two registers a row for [`TILE_KEYS`] keys, sixteen
-    /// registers of sums.
+    /// registers of sums (their totals over every 32 dimensions are kept apart, and spill).
     pub(super) const SCORE_ROWS: usize = 8;
 
     /// [`super::score_tile`] for [`SCORE_ROWS`] rows: per dimension, two loads of keys and eight
@@ -1182,26 +1186,55 @@ mod tests {
     }
 
     /// A bias may be given for fewer axes than it covers (one row for every query, one value for
-    /// every key): each prompt row's span of keys is found on the row as broadcast.
+    /// every key), or for every head: each prompt row's span of keys is found on the row as
+    /// broadcast, and a head's rows on that head's biases.
     #[test]
     fn a_broadcast_bias_means_what_the_full_one_means() {
         let wide = GptConfig { emb_dim: 768, n_heads: 12, context_length: 64, ..tiny_config() };
         let op = attention_ops(&runtime(&wide, true, Precision::F32, Quantization::None)).remove(0);
-        let (heads, dim, queries, keys) = (12, 64, 19, 40);
+        let (batch, heads, dim, queries, keys) = (2, 12, 64, 19, 40);
         let qkv = [
-            values(&[1, heads, queries, dim], 1),
-            values(&[1, heads, keys, dim], 2),
-            values(&[1, heads, keys, dim], 3),
+            values(&[batch, heads, queries, dim], 1),
+            values(&[batch, heads, keys, dim], 2),
+            values(&[batch, heads, keys, dim], 3),
         ];
-        let attend = |shape: &[usize], value: f32| {
+        let attend = |shape: &[usize], bias: &dyn Fn(&[usize]) -> f32| {
             let n: usize = shape.iter().product();
-            let bias = Tensor::from_shape(shape, &vec![value; n]).unwrap().into_tvalue();
+            let at = |i: usize| {
+                let mut index = vec![0; 4];
+                let mut rest = i;
+                for axis in (0..4).rev() {
+                    index[axis] = rest % shape[axis];
+                    rest /= shape[axis];
+                }
+                index
+            };
+            let values: Vec<f32> = (0..n).map(|i| bias(&at(i))).collect();
+            let bias = Tensor::from_shape(shape, &values).unwrap().into_tvalue();
             let inputs = [qkv[0].clone(), qkv[1].clone(), qkv[2].clone(), bias];
             op.attend(&inputs).unwrap().into_tensor()
         };
-        let full = attend(&[1, 1, queries, keys], -1.5);
+        let uniform = |_: &[usize]| -1.5;
+        let full = attend(&[batch, 1, queries, keys], &uniform);
         for shape in [[1, 1, 1, 1], [1, 1, queries, 1], [1, 1, 1, keys]] {
-            assert_eq!(attend(&shape, -1.5), full, "bias {shape:?}");
+            assert_eq!(attend(&shape, &uniform), full, "bias {shape:?}");
+        }
+        // Causal with a past of 21 slots, the second sequence's every third key hidden, and for
+        // the per-head form head h also hiding key h: the same biases shared or given per head.
+        let hidden = |b: usize, s: usize, t: usize| t > 21 + s || (b == 1 && t % 3 == 1);
+        let mask = |b: usize, s: usize, t: usize, extra: bool| match hidden(b, s, t) || extra {
+            true => f32::MIN,
+            false => 0.0,
+        };
+        let shared = attend(&[batch, 1, queries, keys], &|i| mask(i[0], i[2], i[3], false));
+        let per_head = attend(&[batch, heads, queries, keys], &|i| mask(i[0], i[2], i[3], false));
+        assert_eq!(per_head, shared, "a bias given per head, the same for each");
+        let own = attend(&[batch, heads, queries, keys], &|i| mask(i[0], i[2], i[3], i[3] == i[1]));
+        let own = own.to_plain_array_view::<f32>().unwrap();
+        let shared = shared.to_plain_array_view::<f32>().unwrap();
+        for h in 0..heads {
+            let differs = own.slice(s![.., .., h, ..]) != shared.slice(s![.., .., h, ..]);
+            assert!(differs, "head {h} did not read its own biases");
         }
     }
 

@@ -309,7 +309,10 @@ impl EvalOp for DenseMatMul {
         let mut shape: TVec<usize> = a.shape().into();
         *shape.last_mut().context("rank 0")? = n;
         let adds = self.epilogue.addends(&inputs, &shape).context("GptcDenseMatMul")?;
-        Ok(tvec!(super::written_tensor(&shape, |y| self.weights.matmul(x, adds, y))?))
+        // SAFETY: the matmul writes each panel's columns of every row, its products with their
+        // addends, and reads none of `y`.
+        let y = unsafe { super::written_tensor(&shape, |y| self.weights.matmul(x, adds, y))? };
+        Ok(tvec!(y))
     }
 }
 
@@ -514,6 +517,36 @@ mod tests {
                 let exact = product + b[j] + r[at];
                 assert!((got - exact).abs() < 1e-5, "{bias_shape:?} at {at}: {got} vs {exact}");
             }
+        }
+    }
+
+    /// What the fold must leave alone: a product read elsewhere too (here, also an output of
+    /// the model) and a residual the sum broadcasts.
+    #[test]
+    fn a_product_read_twice_or_a_broadcast_residual_is_not_folded() {
+        use tract_onnx::tract_core::ops::math::add;
+        let (k, n) = (8, 5);
+        let w: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.3).sin()).collect();
+        for (stream_shape, product_is_output) in [([2, 3, n], true), ([1, 1, n], false)] {
+            let mut model = TypedModel::default();
+            let input = model.add_source("x", f32::fact([2, 3, k])).unwrap();
+            let stream = model.add_source("r", f32::fact(stream_shape)).unwrap();
+            let weights = model.add_const("w", Tensor::from_shape(&[k, n], &w).unwrap()).unwrap();
+            let axes: AxesMapping = "abk,kn->abn".parse().unwrap();
+            let einsum = EinSum::new(axes, f32::datum_type());
+            let y = model.wire_node("mm", einsum, &[input, weights]).unwrap()[0];
+            let sum = model.wire_node("residual", add(), &[y, stream]).unwrap()[0];
+            let outputs = if product_is_output { vec![sum, y] } else { vec![sum] };
+            model.select_output_outlets(&outputs).unwrap();
+            let model =
+                crate::runtime::addends::fold_adds(use_dense_kernel(model).unwrap()).unwrap();
+            let folded = model
+                .nodes()
+                .iter()
+                .filter_map(|n| n.op_as::<DenseMatMul>())
+                .any(|op| op.epilogue.residual);
+            assert!(!folded, "{stream_shape:?}");
+            assert!(model.nodes().iter().any(|n| n.op_is::<TypedBinOp>()), "{stream_shape:?}");
         }
     }
 

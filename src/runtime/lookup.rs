@@ -182,27 +182,31 @@ impl EvalOp for Int4Lookup {
         let width = self.per_row * BLOCK;
         let mut shape: TVec<usize> = ids.shape().into();
         shape.extend([self.per_row, BLOCK]);
-        let out = super::written_tensor(&shape, |out| {
-            for (&id, row) in ids.iter().zip(out.chunks_exact_mut(width)) {
-                // Negative ids count from the end, as ONNX's Gather and ONNX Runtime's kernel take them.
-                let r = if id < 0 { id + self.n as i64 } else { id };
-                ensure!(
-                    (0..self.n as i64).contains(&r),
-                    "GptcInt4Lookup: token id {id} outside the table's {} rows",
-                    self.n
-                );
-                let r = r as usize;
-                for (b, values) in row.chunks_exact_mut(BLOCK).enumerate() {
-                    let at = r * self.per_row + b;
-                    let scale = self.scales[at];
-                    for (j, &byte) in blocks[at * BLOB..][..BLOB].iter().enumerate() {
-                        values[2 * j] = ((byte & 0x0f) as f32 - 8.0) * scale;
-                        values[2 * j + 1] = ((byte >> 4) as f32 - 8.0) * scale;
+        // SAFETY: each id's row is written whole, every block's values from its codes.
+        let out = unsafe {
+            super::written_tensor(&shape, |out| {
+                for (&id, row) in ids.iter().zip(out.chunks_exact_mut(width)) {
+                    // Negative ids count from the end, as ONNX's Gather and ONNX Runtime's kernel
+                    // take them.
+                    let r = if id < 0 { id + self.n as i64 } else { id };
+                    ensure!(
+                        (0..self.n as i64).contains(&r),
+                        "GptcInt4Lookup: token id {id} outside the table's {} rows",
+                        self.n
+                    );
+                    let r = r as usize;
+                    for (b, values) in row.chunks_exact_mut(BLOCK).enumerate() {
+                        let at = r * self.per_row + b;
+                        let scale = self.scales[at];
+                        for (j, &byte) in blocks[at * BLOB..][..BLOB].iter().enumerate() {
+                            values[2 * j] = ((byte & 0x0f) as f32 - 8.0) * scale;
+                            values[2 * j + 1] = ((byte >> 4) as f32 - 8.0) * scale;
+                        }
                     }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?
+        };
         Ok(tvec!(out))
     }
 }

@@ -296,16 +296,16 @@ fn replace_with(
 /// more, and a zeroed one is written twice: at a 1024-token prefill that was a tenth of the
 /// projections' time.)
 ///
-/// `fill` must write every element before it reads any: every caller's kernel stores its
-/// results and accumulates in registers or its own scratch. Debug builds fill the tensor with
-/// NaN first (tract does), so a missed element shows in the tests' logits.
-fn written_tensor(
+/// # Safety
+/// `fill` writes every element before it reads any (the slice starts uninitialized). The
+/// kernels' tests hand them outputs filled with NaN, so an element a kernel misses shows there.
+unsafe fn written_tensor(
     shape: &[usize],
     fill: impl FnOnce(&mut [f32]) -> tract_onnx::prelude::TractResult<()>,
 ) -> tract_onnx::prelude::TractResult<tract_onnx::prelude::TValue> {
     use tract_onnx::prelude::*;
-    // SAFETY: a tensor of a plain-data type; `fill` writes each element before any is read
-    // (the contract above).
+    // SAFETY: a tensor of a plain-data type, which `fill` writes before reading (the caller's
+    // promise).
     let mut tensor = unsafe { Tensor::uninitialized::<f32>(shape)? };
     fill(tensor.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
     Ok(tensor.into_tvalue())

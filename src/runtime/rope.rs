@@ -41,24 +41,28 @@ impl EvalOp for Rope {
         let dim = x.shape()[last];
         ensure!(dim % 2 == 0, "GptcRope: an odd last axis ({dim})");
         let half = dim / 2;
-        let out = super::written_tensor(x.shape(), |out| {
-            let lanes = x.lanes(Axis(last)).into_iter().zip(cos.lanes(Axis(last)));
-            for (((x, cos), sin), out) in
-                lanes.zip(sin.lanes(Axis(last))).zip(out.chunks_exact_mut(dim))
-            {
-                if let (Some(x), Some(cos), Some(sin)) =
-                    (x.as_slice(), cos.as_slice(), sin.as_slice())
+        ensure!(dim > 0, "GptcRope: an empty last axis");
+        // SAFETY: every lane of `x` has its rotation written to its lane of the output.
+        let out = unsafe {
+            super::written_tensor(x.shape(), |out| {
+                let lanes = x.lanes(Axis(last)).into_iter().zip(cos.lanes(Axis(last)));
+                for (((x, cos), sin), out) in
+                    lanes.zip(sin.lanes(Axis(last))).zip(out.chunks_exact_mut(dim))
                 {
-                    rotate(x, cos, sin, out);
-                    continue;
+                    if let (Some(x), Some(cos), Some(sin)) =
+                        (x.as_slice(), cos.as_slice(), sin.as_slice())
+                    {
+                        rotate(x, cos, sin, out);
+                        continue;
+                    }
+                    for d in 0..dim {
+                        let rotated = if d < half { -x[d + half] } else { x[d - half] };
+                        out[d] = x[d] * cos[d] + rotated * sin[d];
+                    }
                 }
-                for d in 0..dim {
-                    let rotated = if d < half { -x[d + half] } else { x[d - half] };
-                    out[d] = x[d] * cos[d] + rotated * sin[d];
-                }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?
+        };
         Ok(tvec!(out))
     }
 }
@@ -198,14 +202,17 @@ impl EvalOp for SwiGlu {
         let (gate, up) = (gate.as_standard_layout(), up.as_standard_layout());
         let contiguous = "GptcSwiGlu: a standard layout array is contiguous";
         let (gate, up) = (gate.as_slice().context(contiguous)?, up.as_slice().context(contiguous)?);
-        let out = super::written_tensor(&shape, |out| {
-            out.copy_from_slice(gate);
-            Func::Silu.ew_f32()?.run(out)?;
-            for (o, u) in out.iter_mut().zip(up) {
-                *o *= u;
-            }
-            Ok(())
-        })?;
+        // SAFETY: the gate is copied over the whole output before anything reads it.
+        let out = unsafe {
+            super::written_tensor(&shape, |out| {
+                out.copy_from_slice(gate);
+                Func::Silu.ew_f32()?.run(out)?;
+                for (o, u) in out.iter_mut().zip(up) {
+                    *o *= u;
+                }
+                Ok(())
+            })?
+        };
         Ok(tvec!(out))
     }
 }

@@ -57,7 +57,7 @@ mod tests {
         let (k, n) = (256, 40);
         let (w, q) = matrix(k, n, 3);
         let x: Vec<f32> = (0..k).map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0).collect();
-        let mut y = vec![0f32; n];
+        let mut y = vec![f32::NAN; n];
         Int4Weights::new(&q).matmul(&x, Addends::default(), &mut y).unwrap();
         let exact: Vec<f32> =
             (0..n).map(|j| (0..k).map(|i| x[i] * w[i * n + j]).sum::<f32>()).collect();
@@ -107,11 +107,11 @@ mod tests {
             [16, 48, 32].iter().map(|&n| Arc::new(Int4Weights::new(&matrix(k, n, n).1))).collect();
         let stacked = Int4Weights::stack(&parts).unwrap();
         let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.61).cos()).collect();
-        let mut all = vec![0f32; m * stacked.n];
+        let mut all = vec![f32::NAN; m * stacked.n];
         stacked.matmul(&x, Addends::default(), &mut all).unwrap();
         let mut first = 0;
         for part in &parts {
-            let mut own = vec![0f32; m * part.n];
+            let mut own = vec![f32::NAN; m * part.n];
             part.matmul(&x, Addends::default(), &mut own).unwrap();
             for (row, own) in all.chunks_exact(stacked.n).zip(own.chunks_exact(part.n)) {
                 assert_eq!(&row[first..first + part.n], own);
@@ -174,7 +174,7 @@ mod tests {
             x[(m - 1) * k + 3] = f32::NEG_INFINITY;
             for (name, kernel) in kernels() {
                 for crew in [Crew::new(0), Crew::new(1)] {
-                    let mut y = vec![0f32; m * n];
+                    let mut y = vec![f32::NAN; m * n];
                     weights.matmul_on(&crew, kernel, &x, Addends::default(), &mut y).unwrap();
                     for (r, row) in y.chunks_exact(n).enumerate() {
                         let odd = r == 1 || r == m - 1;
@@ -310,7 +310,7 @@ mod tests {
                 (0..k).map(|i| (x[row * k + i] * w[i * n + j]).abs()).sum::<f32>()
             };
             let close = |a: f32, b: f32, at: usize| (a - b).abs() <= 1e-6 * magnitude(at).max(1.0);
-            let mut plain = vec![0f32; m * n];
+            let mut plain = vec![f32::NAN; m * n];
             weights
                 .matmul_on(&Crew::new(0), panel_plain, &x, Addends::default(), &mut plain)
                 .unwrap();
@@ -319,7 +319,7 @@ mod tests {
             let residual: Vec<f32> = (0..m * n).map(|i| (i as f32 * 0.13).sin()).collect();
             let adds = Addends { bias: Some(&bias), residual: Some(&residual) };
             for (name, kernel) in kernels() {
-                let mut fast = vec![0f32; m * n];
+                let mut fast = vec![f32::NAN; m * n];
                 weights.matmul_on(&Crew::new(1), kernel, &x, adds, &mut fast).unwrap();
                 for (at, (f, p)) in fast.iter().zip(&plain).enumerate() {
                     let p = p + bias[at % n] + residual[at];
@@ -327,7 +327,7 @@ mod tests {
                 }
             }
             for (r, row) in x.chunks_exact(k).enumerate() {
-                let mut alone = vec![0f32; n];
+                let mut alone = vec![f32::NAN; n];
                 weights.matmul(row, Addends::default(), &mut alone).unwrap();
                 for (j, (a, e)) in alone.iter().zip(&plain[r * n..][..n]).enumerate() {
                     assert!(close(*a, *e, r * n + j), "{k}x{n}x{m}: {a} vs {e}");

@@ -60,7 +60,10 @@ impl EvalOp for Int4MatMul {
         if let [_] = self.outputs[..] {
             *shape.last_mut().context("rank 0")? = n;
             let adds = self.epilogue.addends(&inputs, &shape).context("GptcInt4MatMul")?;
-            let y = crate::runtime::written_tensor(&shape, |y| self.weights.matmul(x, adds, y))?;
+            // SAFETY: the matmul writes each panel's columns of every row and reads none of `y`.
+            let y = unsafe {
+                crate::runtime::written_tensor(&shape, |y| self.weights.matmul(x, adds, y))?
+            };
             return Ok(tvec!(y));
         }
         ensure!(self.epilogue == Epilogue::default(), "GptcInt4MatMul: addends to stacked outputs");
@@ -70,12 +73,15 @@ impl EvalOp for Int4MatMul {
         let mut outputs = TVec::new();
         for &width in &self.outputs {
             *shape.last_mut().context("rank 0")? = width;
-            let part = crate::runtime::written_tensor(&shape, |part| {
-                for (part, row) in part.chunks_exact_mut(width).zip(y.chunks_exact(n)) {
-                    part.copy_from_slice(&row[first..first + width]);
-                }
-                Ok(())
-            })?;
+            // SAFETY: each row of the part is copied from its columns of the stacked product.
+            let part = unsafe {
+                crate::runtime::written_tensor(&shape, |part| {
+                    for (part, row) in part.chunks_exact_mut(width).zip(y.chunks_exact(n)) {
+                        part.copy_from_slice(&row[first..first + width]);
+                    }
+                    Ok(())
+                })?
+            };
             outputs.push(part);
             first += width;
         }

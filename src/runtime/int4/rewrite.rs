@@ -15,7 +15,8 @@ pub fn stack_siblings(mut model: TypedModel) -> TractResult<TypedModel> {
         // Stacked streams stay aligned only if every matrix fills whole panels; stacked outputs
         // add nothing as they are written.
         let adds = op.epilogue != Default::default();
-        if op.outputs.len() != 1 || !op.weights.n.is_multiple_of(PANEL) || adds {
+        let n = op.weights.n;
+        if op.outputs.len() != 1 || n == 0 || !n.is_multiple_of(PANEL) || adds {
             continue;
         }
         match by_input.iter_mut().find(|(input, _)| *input == node.inputs[0]) {
