@@ -23,11 +23,27 @@ pub struct Addends<'a> {
 }
 
 impl Addends<'_> {
-    /// Checks the addends against an output of `m` rows of `n`.
-    pub fn check(&self, m: usize, n: usize) -> TractResult<()> {
-        ensure!(self.bias.is_none_or(|b| b.len() == n), "a bias not of {n} values");
-        ensure!(self.residual.is_none_or(|r| r.len() == m * n), "a residual not of [{m}, {n}]");
-        Ok(())
+    /// The rows `m` of a matmul `op` by a `[k, n]` matrix that reads `x` (`[m, k]`) into `y`
+    /// (`[m, n]`) with these addends, every operand checked against them.
+    pub fn checked_rows(
+        &self,
+        op: &str,
+        [k, n]: [usize; 2],
+        x: &[f32],
+        y: &[f32],
+    ) -> TractResult<usize> {
+        ensure!(k > 0 && n > 0, "{op}: a [{k}, {n}] matrix");
+        let m = x.len() / k;
+        ensure!(
+            x.len() == m * k && y.len() == m * n,
+            "{op}: {} inputs and {} outputs for [{m}, {k}] x [{k}, {n}]",
+            x.len(),
+            y.len()
+        );
+        ensure!(self.bias.is_none_or(|b| b.len() == n), "{op}: a bias not of {n} values");
+        let residual_fits = self.residual.is_none_or(|r| r.len() == m * n);
+        ensure!(residual_fits, "{op}: a residual not of [{m}, {n}]");
+        Ok(m)
     }
 
     /// Adds to `products`, rows `r0..` and columns `column..column + width` of an output of

@@ -136,7 +136,7 @@ impl Attention {
             // A block of query rows at a time, the heads of a group among them: each key and
             // value is read once for the block.
             let block_rows = if tiled { TILE_ROWS } else { QUERY_BLOCK };
-            let mut copied = Vec::new();
+            let (mut copied, mut spans) = (Vec::new(), Vec::new());
             for (block, out) in out.chunks_mut(block_rows * dim).enumerate() {
                 let first = block * block_rows;
                 let block_rows = first..first + out.len() / dim;
@@ -158,10 +158,10 @@ impl Attention {
                             copied.chunks_exact(keys).collect()
                         }
                     };
-                    let spans: Vec<(usize, usize)> = block_rows
-                        .clone()
-                        .map(|r| span_of(b, h, r / queries, r % queries))
-                        .collect();
+                    spans.clear();
+                    spans.extend(
+                        block_rows.clone().map(|r| span_of(b, h, r / queries, r % queries)),
+                    );
                     let block =
                         Block { q, biases: &biases, spans: &spans, v, dim, scale: self.scale };
                     attend_tile(block, &mut scratch, out);

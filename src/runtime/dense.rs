@@ -70,15 +70,7 @@ impl DensePanels {
         y: &mut [f32],
     ) -> TractResult<()> {
         let (k, n) = (self.k, self.n);
-        ensure!(k > 0 && n > 0, "GptcDenseMatMul: a [{k}, {n}] matrix");
-        let m = x.len() / k;
-        adds.check(m, n).context("GptcDenseMatMul")?;
-        ensure!(
-            x.len() == m * k && y.len() == m * n,
-            "GptcDenseMatMul: {} inputs and {} outputs for [{m}, {k}] x [{k}, {n}]",
-            x.len(),
-            y.len()
-        );
+        let m = adds.checked_rows("GptcDenseMatMul", [k, n], x, y)?;
         if m == 0 {
             return Ok(());
         }
@@ -472,6 +464,18 @@ mod tests {
         }
     }
 
+    /// A model of one source `x` (`[2, 3, k]`) times a constant `w` (`[k, n]`), as tract's
+    /// `EinSum`, and the product's outlet.
+    fn product_graph(k: usize, n: usize, w: &[f32]) -> (TypedModel, OutletId) {
+        let mut model = TypedModel::default();
+        let input = model.add_source("x", f32::fact([2, 3, k])).unwrap();
+        let weights = model.add_const("w", Tensor::from_shape(&[k, n], w).unwrap()).unwrap();
+        let axes: AxesMapping = "abk,kn->abn".parse().unwrap();
+        let einsum = EinSum::new(axes, f32::datum_type());
+        let y = model.wire_node("mm", einsum, &[input, weights]).unwrap()[0];
+        (model, y)
+    }
+
     /// gptc's random weights have zero biases, which tract drops: the fold is tested on a bias
     /// of its own, each addend on either side of its sum.
     #[test]
@@ -483,13 +487,8 @@ mod tests {
         let x: Vec<f32> = (0..2 * 3 * k).map(|i| (i as f32 * 0.7).cos()).collect();
         let r: Vec<f32> = (0..2 * 3 * n).map(|i| i as f32 * 0.5 - 3.0).collect();
         for (bias_shape, first) in [(vec![1, 1, n], false), (vec![n], true)] {
-            let mut model = TypedModel::default();
-            let input = model.add_source("x", f32::fact([2, 3, k])).unwrap();
+            let (mut model, y) = product_graph(k, n, &w);
             let stream = model.add_source("r", f32::fact([2, 3, n])).unwrap();
-            let weights = model.add_const("w", Tensor::from_shape(&[k, n], &w).unwrap()).unwrap();
-            let axes: AxesMapping = "abk,kn->abn".parse().unwrap();
-            let einsum = EinSum::new(axes, f32::datum_type());
-            let y = model.wire_node("mm", einsum, &[input, weights]).unwrap()[0];
             let bias = Tensor::from_shape(&bias_shape, &b).unwrap();
             let bias = model.add_const("b", bias.broadcast_into_rank(3).unwrap()).unwrap();
             let inputs = if first { [bias, y] } else { [y, bias] };
@@ -528,13 +527,8 @@ mod tests {
         let (k, n) = (8, 5);
         let w: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.3).sin()).collect();
         for (stream_shape, product_is_output) in [([2, 3, n], true), ([1, 1, n], false)] {
-            let mut model = TypedModel::default();
-            let input = model.add_source("x", f32::fact([2, 3, k])).unwrap();
+            let (mut model, y) = product_graph(k, n, &w);
             let stream = model.add_source("r", f32::fact(stream_shape)).unwrap();
-            let weights = model.add_const("w", Tensor::from_shape(&[k, n], &w).unwrap()).unwrap();
-            let axes: AxesMapping = "abk,kn->abn".parse().unwrap();
-            let einsum = EinSum::new(axes, f32::datum_type());
-            let y = model.wire_node("mm", einsum, &[input, weights]).unwrap()[0];
             let sum = model.wire_node("residual", add(), &[y, stream]).unwrap()[0];
             let outputs = if product_is_output { vec![sum, y] } else { vec![sum] };
             model.select_output_outlets(&outputs).unwrap();

@@ -33,15 +33,8 @@ impl Int4Weights {
         y: &mut [f32],
     ) -> TractResult<()> {
         let (k, n, blocks) = (self.k, self.n, self.blocks);
-        ensure!(k > 0 && n > 0, "GptcInt4MatMul: a [{k}, {n}] matrix");
-        let m = x.len() / k;
-        ensure!(
-            x.len() == m * k && y.len() == m * n && blocks * BLOCK == k,
-            "GptcInt4MatMul: {} inputs and {} outputs for [{m}, {k}] x [{k}, {n}]",
-            x.len(),
-            y.len()
-        );
-        adds.check(m, n).context("GptcInt4MatMul")?;
+        let m = adds.checked_rows("GptcInt4MatMul", [k, n], x, y)?;
+        ensure!(blocks * BLOCK == k, "GptcInt4MatMul: {blocks} blocks of {BLOCK} for k = {k}");
         if m == 0 {
             return Ok(());
         }
